@@ -1,0 +1,39 @@
+/* Blocking client side of the wire protocol, used by the provider and the CLI. */
+#ifndef P11PSK_CLIENT_H
+#define P11PSK_CLIENT_H
+
+#include <sys/types.h>
+
+#include "p11psk/wire.h"
+
+#define P11PSK_DEFAULT_SOCKET "/run/p11psk/p11psk.sock"
+#define P11PSK_DEFAULT_TIMEOUT_MS 2000
+
+typedef struct {
+    int fd;       /* -1 when not connected */
+    pid_t pid;    /* process that opened fd: a forked child must not share it */
+    int timeout_ms;
+    char path[108];
+} p11psk_conn;
+
+enum p11psk_call_rc {
+    P11PSK_CALL_OK = 0,
+    P11PSK_CALL_UNREACHABLE = -1, /* connect failed (errno kept in *err) */
+    P11PSK_CALL_IO = -2,          /* connection lost mid-call */
+    P11PSK_CALL_TIMEOUT = -3,
+    P11PSK_CALL_PROTO = -4, /* the daemon's answer did not parse */
+};
+
+void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms);
+void p11psk_conn_close(p11psk_conn *c);
+
+/*
+ * Sends req (already finished) and reads the response into resp (P11PSK_WIRE_MAX bytes),
+ * parsed into *m. Reconnects when needed; a reused connection that fails is reopened and
+ * the request sent once more (requests are idempotent). *err gets errno on failure.
+ */
+int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
+                     int *err);
+const char *p11psk_call_strerror(int rc);
+
+#endif
