@@ -1,0 +1,253 @@
+# Shared setup for integration tests: a throwaway SoftHSM2 token, a real p11pskd, and
+# helpers to run real TLS peers. Sourced by each test; everything lives in $T and every
+# process started here is killed by PID on exit.
+set -euo pipefail
+
+: "${P11PSK_BUILD:?run through ctest (P11PSK_BUILD unset)}"
+BIN=$P11PSK_BUILD/bin
+PROVIDER=$P11PSK_BUILD/lib/p11psk.so
+SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+T=$(mktemp -d /tmp/p11psk-it.XXXXXX)
+chmod 0755 "$T"
+PIDS=()
+FAILS=0
+PASSES=0
+TOKEN_LABEL=p11psk-test
+USER_PIN=1234
+DAEMON_PID=
+
+cleanup() {
+    local rc=$? p
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        # Bounded: give each process up to 2 s, then SIGKILL.
+        for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    if [ "$rc" -ne 0 ] && [ -f "$T/p11pskd.log" ]; then
+        echo "--- p11pskd log (last 30 lines)"; tail -n 30 "$T/p11pskd.log"
+    fi
+    rm -rf "$T"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+pass() { PASSES=$((PASSES + 1)); log "PASS: $*"; }
+fail() { FAILS=$((FAILS + 1)); log "FAIL: $*"; }
+
+# Prints the totals and sets the exit status; call last.
+finish() {
+    echo "$PASSES passed, $FAILS failed"
+    [ "$FAILS" -eq 0 ]
+}
+
+# An OpenSSL config that loads nothing: raw-key peers must not see the provider.
+printf '# empty: no providers beyond the built-in default\n' >"$T/plain.cnf"
+
+setup_token() {
+    mkdir -p "$T/tokens"
+    cat >"$T/softhsm2.conf" <<EOC
+directories.tokendir = $T/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+EOC
+    export SOFTHSM2_CONF=$T/softhsm2.conf
+    softhsm2-util --init-token --free --label "$TOKEN_LABEL" --so-pin 87654321 \
+        --pin "$USER_PIN" >/dev/null
+    printf '%s\n' "$USER_PIN" >"$T/pin"
+    chmod 0600 "$T/pin"
+    cat >"$T/p11pskd.conf" <<EOC
+module = $SOFTHSM_MODULE
+token = pkcs11:token=$TOKEN_LABEL
+pin-source = file:$T/pin
+socket = $T/p11psk.sock
+log-level = debug
+allow * uid=0
+EOC
+    export P11PSK_CONF=$T/p11pskd.conf
+    cat >"$T/openssl.cnf" <<EOC
+openssl_conf = openssl_init
+
+[openssl_init]
+providers = provider_sect
+alg_section = evp_properties
+
+[provider_sect]
+default = default_sect
+p11psk = p11psk_sect
+
+[default_sect]
+activate = 1
+
+[p11psk_sect]
+module = $PROVIDER
+p11psk-socket = $T/p11psk.sock
+activate = 1
+
+[evp_properties]
+default_properties = ?p11psk.handles=yes
+EOC
+}
+
+# allow_rule LINE: appends an ACL line to the daemon config (before start_daemon).
+allow_rule() { printf '%s\n' "$*" >>"$T/p11pskd.conf"; }
+
+start_daemon() {
+    "$BIN/p11pskd" --config "$T/p11pskd.conf" --foreground >>"$T/p11pskd.log" 2>&1 &
+    DAEMON_PID=$!
+    PIDS+=("$DAEMON_PID")
+    for _ in $(seq 100); do
+        [ -S "$T/p11psk.sock" ] && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || die "p11pskd exited: $(tail -n 5 "$T/p11pskd.log")"
+        sleep 0.05
+    done
+    die "p11pskd socket did not appear within 5 s"
+}
+
+stop_daemon() {
+    [ -n "$DAEMON_PID" ] || return 0
+    kill "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    DAEMON_PID=
+}
+
+# rand_hex N: N random bytes as hex.
+rand_hex() { openssl rand -hex "$1"; }
+
+# import_aes LABEL HEX: the softhsm2-util path (sensitive, non-extractable CKK_AES).
+import_aes() {
+    local label=$1 hex=$2 id
+    id=$(rand_hex 8)
+    perl -e 'print pack("H*", $ARGV[0])' "$hex" >"$T/key.bin"
+    softhsm2-util --import "$T/key.bin" --aes --label "$label" --id "$id" \
+        --token "$TOKEN_LABEL" --pin "$USER_PIN" >/dev/null
+    rm -f "$T/key.bin"
+}
+
+# add_hex LABEL HEX [--readable]: the p11psk CLI path; prints the handle.
+add_hex() {
+    local label=$1 hex=$2
+    shift 2
+    printf '%s\n' "$hex" >"$T/key.hex"
+    "$BIN/p11psk" --config "$T/p11pskd.conf" add "$label" --hex-file "$T/key.hex" "$@"
+    rm -f "$T/key.hex"
+}
+
+handle_of() { "$BIN/p11psk" --config "$T/p11pskd.conf" handle "$1"; }
+
+# free_port: a loopback TCP port nobody listens on.
+free_port() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 20000))
+        if ! ss -Hltn "sport = :$p" | grep -q .; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port"
+}
+
+wait_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 100); do
+        ss -Hltn "sport = :$port" | grep -q . && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# ossl_env handle|raw: the OPENSSL_CONF a peer of that kind runs with.
+ossl_conf() { [ "$1" = handle ] && echo "$T/openssl.cnf" || echo "$T/plain.cnf"; }
+
+# run_pair SERVER_KIND SERVER_KEY CLIENT_KIND CLIENT_KEY [openssl options for both...]
+# s_server -rev against s_client; succeeds if a line makes the round trip (reversed),
+# which proves both sides derived the same keys. A KEY of the form session:FILE uses
+# -psk_session FILE instead of -psk. Leaves the peers' output in $T/server.out and
+# $T/client.err, and a reason in $REASON.
+run_pair() {
+    local skind=$1 skey=$2 ckind=$3 ckey=$4
+    shift 4
+    local port spid msg got
+    port=$(free_port)
+    msg="p11psk-$RANDOM-$RANDOM"
+    : >"$T/client.err"
+    OPENSSL_CONF=$(ossl_conf "$skind") timeout 20 openssl s_server -accept "127.0.0.1:$port" \
+        -nocert $(psk_opt "$skey") -rev -naccept 1 "$@" >"$T/server.out" 2>&1 &
+    spid=$!
+    PIDS+=("$spid")
+    if ! wait_port "$port" "$spid"; then
+        REASON="s_server did not listen: $(tail -n 3 "$T/server.out" | tr '\n' ' ')"
+        return 1
+    fi
+    got=$(printf '%s\nCLOSE\n' "$msg" | OPENSSL_CONF=$(ossl_conf "$ckind") timeout 20 \
+        openssl s_client -connect "127.0.0.1:$port" $(psk_opt "$ckey") -ign_eof -quiet "$@" \
+        2>"$T/client.err" | head -n 1) || true
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    if [ "$got" = "$(reverse "$msg")" ]; then
+        REASON=
+        return 0
+    fi
+    REASON="no round trip (got '$got'); client: $(grep -v 'SSL_get_servername' "$T/client.err" | tail -n 3 | tr '\n' ' ')"
+    return 1
+}
+
+psk_opt() {
+    case $1 in
+    session:*) printf -- '-psk_session %s' "${1#session:}" ;;
+    *) printf -- '-psk %s' "$1" ;;
+    esac
+}
+
+reverse() { perl -e 'print scalar reverse $ARGV[0]' "$1"; }
+
+# expect_ok NAME run_pair-args...
+expect_ok() {
+    local name=$1
+    shift
+    if run_pair "$@"; then pass "$name"; else fail "$name: $REASON"; fi
+}
+
+# expect_fail NAME PATTERN run_pair-args...: the handshake must fail and the client's
+# (or server's) error output must contain PATTERN.
+expect_fail() {
+    local name=$1 pattern=$2
+    shift 2
+    if run_pair "$@"; then
+        fail "$name: handshake succeeded but should have failed"
+    elif grep -q -- "$pattern" "$T/client.err" "$T/server.out"; then
+        pass "$name: failed with '$pattern'"
+    else
+        fail "$name: error output lacks '$pattern': $(tail -n 4 "$T/client.err" "$T/server.out" | tr '\n' ' ')"
+    fi
+}
+
+# Derivation requests p11pskd has logged so far (one line per request outcome).
+daemon_requests() { grep -c -E 'tls1(3-early|3-expand|3-extract|2-prf)' "$T/p11pskd.log" || true; }
+
+# expect_ok_both NAME run_pair-args...: like expect_ok, for handles on both sides, where a
+# round trip alone would also pass if both used the handle bytes as a raw key: the
+# daemon must have served derivations for both peers.
+expect_ok_both() {
+    local name=$1 before after
+    shift
+    before=$(daemon_requests)
+    if ! run_pair "$@"; then
+        fail "$name: $REASON"
+        return
+    fi
+    after=$(daemon_requests)
+    if [ "$((after - before))" -ge 2 ]; then
+        pass "$name ($((after - before)) derivations in p11pskd)"
+    else
+        fail "$name: round trip but p11pskd served only $((after - before)) derivations"
+    fi
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# TLS 1.2 PSK handshakes for the suites users named, through the token path (32-byte key,
+# imported with softhsm2-util) and the read path (16-byte key added with --readable); a
+# 16-byte key that is not readable is refused with an error that names the fixes.
+. "$(dirname "$0")/lib.sh"
+setup_token
+start_daemon
+
+raw32=$(rand_hex 32)
+import_aes tok32 "$raw32"
+h32=$(handle_of tok32)
+raw16=$(rand_hex 16)
+h16=$(add_hex read16 "$raw16" --readable)
+raw16s=$(rand_hex 16)
+h16s=$(add_hex sens16 "$raw16s")
+
+for suite in PSK-AES128-GCM-SHA256 PSK-AES128-CBC-SHA256 ECDHE-PSK-AES128-CBC-SHA256; do
+    o=(-tls1_2 -cipher "$suite")
+    for k in 32 16; do
+        raw=raw$k
+        h=h$k
+        expect_ok "tls12 $suite ${k}B: client handle, server raw" raw "${!raw}" handle "${!h}" "${o[@]}"
+        expect_ok "tls12 $suite ${k}B: server handle, client raw" handle "${!h}" raw "${!raw}" "${o[@]}"
+        expect_ok_both "tls12 $suite ${k}B: handles on both sides" handle "${!h}" handle "${!h}" "${o[@]}"
+    done
+    expect_fail "tls12 $suite 16B not readable" "p11psk --readable\|add --readable" \
+        raw "$raw16s" handle "$h16s" "${o[@]}"
+done
+
+# Which ladder step served them: the daemon logs it; the 32-byte key must never be read.
+if grep -E 'tok32' "$T/p11pskd.log" | grep -q -i 'step=read'; then
+    fail "32-byte key was read out of the token"
+else
+    pass "32-byte key stayed in the token"
+fi
+finish

@@ -1,0 +1,162 @@
+/* Wire protocol encode, decode and reject, including truncated and oversized frames. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "p11psk/wire.h"
+
+static size_t build_request(p11psk_frame *fr)
+{
+    static const uint8_t handle[32] = {1, 2, 3};
+
+    p11psk_frame_start(fr, P11PSK_OP_TLS12_PRF);
+    p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, 1);
+    p11psk_frame_add(fr, P11PSK_T_HANDLE, handle, sizeof(handle));
+    p11psk_frame_add(fr, P11PSK_T_OTHER, NULL, 0);
+    p11psk_frame_add_str(fr, P11PSK_T_SEED, "master secret");
+    p11psk_frame_add_u16(fr, P11PSK_T_OUTLEN, 48);
+    return p11psk_frame_finish(fr);
+}
+
+START_TEST(roundtrip)
+{
+    p11psk_frame fr;
+    p11psk_msg m;
+    size_t n = build_request(&fr), body;
+    uint8_t d;
+    uint16_t outlen;
+
+    ck_assert_uint_gt(n, P11PSK_WIRE_HDR);
+    ck_assert_int_eq(p11psk_wire_header(fr.buf, &body), P11PSK_WIRE_OK);
+    ck_assert_uint_eq(body, n - P11PSK_WIRE_HDR);
+    ck_assert_int_eq(p11psk_msg_parse(fr.buf + P11PSK_WIRE_HDR, body, &m), P11PSK_WIRE_OK);
+    ck_assert_int_eq(m.code, P11PSK_OP_TLS12_PRF);
+    ck_assert(p11psk_msg_u8(&m, P11PSK_T_DIGEST, &d));
+    ck_assert_int_eq(d, 1);
+    ck_assert(p11psk_msg_u16(&m, P11PSK_T_OUTLEN, &outlen));
+    ck_assert_int_eq(outlen, 48);
+    ck_assert_int_eq(m.f[P11PSK_T_HANDLE].len, 32);
+    ck_assert(m.f[P11PSK_T_OTHER].present);
+    ck_assert_int_eq(m.f[P11PSK_T_OTHER].len, 0);
+    ck_assert(!m.f[P11PSK_T_DATA].present);
+    /* Wrong-size typed reads fail. */
+    ck_assert(!p11psk_msg_u16(&m, P11PSK_T_DIGEST, &outlen));
+    p11psk_frame_cleanse(&fr);
+}
+END_TEST
+
+START_TEST(every_truncation_rejected)
+{
+    p11psk_frame fr;
+    p11psk_msg m;
+    size_t n = build_request(&fr), body = n - P11PSK_WIRE_HDR;
+
+    for (size_t cut = 0; cut < body; cut++) {
+        int rc = p11psk_msg_parse(fr.buf + P11PSK_WIRE_HDR, cut, &m);
+
+        /* Cuts on a field boundary parse as a shorter message; all others must fail. */
+        if (rc == P11PSK_WIRE_OK)
+            ck_assert(!m.f[P11PSK_T_OUTLEN].present);
+        else
+            ck_assert_int_eq(rc, P11PSK_WIRE_TRUNCATED);
+    }
+}
+END_TEST
+
+START_TEST(oversized)
+{
+    p11psk_frame fr;
+    uint8_t hdr[4], big[P11PSK_WIRE_MAX + 1];
+    size_t body;
+    p11psk_msg m;
+
+    p11psk_store_be32(hdr, P11PSK_WIRE_MAX + 1);
+    ck_assert_int_eq(p11psk_wire_header(hdr, &body), P11PSK_WIRE_TOO_LARGE);
+    p11psk_store_be32(hdr, 0xffffffffu);
+    ck_assert_int_eq(p11psk_wire_header(hdr, &body), P11PSK_WIRE_TOO_LARGE);
+    p11psk_store_be32(hdr, 1);
+    ck_assert_int_eq(p11psk_wire_header(hdr, &body), P11PSK_WIRE_TRUNCATED);
+    memset(big, 0, sizeof(big));
+    ck_assert_int_eq(p11psk_msg_parse(big, sizeof(big), &m), P11PSK_WIRE_TOO_LARGE);
+
+    /* The builder refuses to exceed the maximum rather than writing past it. */
+    p11psk_frame_start(&fr, P11PSK_OP_PING);
+    p11psk_frame_add(&fr, P11PSK_T_DATA, big, 60000);
+    ck_assert_uint_eq(p11psk_frame_finish(&fr), 0);
+    p11psk_frame_start(&fr, P11PSK_OP_PING);
+    p11psk_frame_add(&fr, P11PSK_T_DATA, big, P11PSK_WIRE_MAX - 2 - 3);
+    ck_assert_uint_eq(p11psk_frame_finish(&fr), P11PSK_WIRE_HDR + P11PSK_WIRE_MAX);
+    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, 1);
+    ck_assert_uint_eq(p11psk_frame_finish(&fr), 0);
+}
+END_TEST
+
+START_TEST(bad_version_tag_duplicate)
+{
+    uint8_t body[16];
+    p11psk_msg m;
+
+    body[0] = 2;
+    body[1] = P11PSK_OP_PING;
+    ck_assert_int_eq(p11psk_msg_parse(body, 2, &m), P11PSK_WIRE_BAD_VERSION);
+    body[0] = P11PSK_WIRE_VERSION;
+    ck_assert_int_eq(p11psk_msg_parse(body, 1, &m), P11PSK_WIRE_TRUNCATED);
+    ck_assert_int_eq(p11psk_msg_parse(body, 2, &m), P11PSK_WIRE_OK);
+    /* Unknown tag. */
+    body[2] = 200;
+    body[3] = 0;
+    body[4] = 0;
+    ck_assert_int_eq(p11psk_msg_parse(body, 5, &m), P11PSK_WIRE_BAD_TAG);
+    body[2] = 0;
+    ck_assert_int_eq(p11psk_msg_parse(body, 5, &m), P11PSK_WIRE_BAD_TAG);
+    /* Duplicate tag. */
+    body[2] = P11PSK_T_DIGEST;
+    body[3] = 0;
+    body[4] = 1;
+    body[5] = 1;
+    memcpy(body + 6, body + 2, 4);
+    ck_assert_int_eq(p11psk_msg_parse(body, 10, &m), P11PSK_WIRE_DUPLICATE);
+    /* Field length running past the end. */
+    body[4] = 9;
+    ck_assert_int_eq(p11psk_msg_parse(body, 6, &m), P11PSK_WIRE_TRUNCATED);
+}
+END_TEST
+
+START_TEST(text_field_sanitised)
+{
+    p11psk_frame fr;
+    p11psk_msg m;
+    char out[8];
+    size_t n;
+
+    p11psk_frame_start(&fr, P11PSK_ST_NOT_FOUND);
+    p11psk_frame_add(&fr, P11PSK_T_MSG, "a\nb\x01longer", 11);
+    n = p11psk_frame_finish(&fr);
+    ck_assert_int_eq(p11psk_msg_parse(fr.buf + 4, n - 4, &m), P11PSK_WIRE_OK);
+    p11psk_msg_str(&m, P11PSK_T_MSG, out, sizeof(out));
+    ck_assert_str_eq(out, "a?b?lon");
+    p11psk_msg_str(&m, P11PSK_T_INFO, out, sizeof(out));
+    ck_assert_str_eq(out, "");
+    ck_assert_str_eq(p11psk_status_str(P11PSK_ST_ACCESS_DENIED), "access denied");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("wire");
+    TCase *tc = tcase_create("core");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_test(tc, roundtrip);
+    tcase_add_test(tc, every_truncation_rejected);
+    tcase_add_test(tc, oversized);
+    tcase_add_test(tc, bad_version_tag_duplicate);
+    tcase_add_test(tc, text_field_sanitised);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
