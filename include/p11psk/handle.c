@@ -5,13 +5,49 @@
 #include <strings.h>
 
 static const uint8_t handle_magic[P11PSK_MAGIC_LEN] = {0xd1, 'p', '1', '1', 'p', 'k'};
+static const char handle_magic_hex[] = "d1703131706b"; /* the magic as hex text */
 
 #define HANDLE_FIXED_LEN (10 + P11PSK_ID_MAX) /* header and id area */
 
-int p11psk_handle_has_magic(const uint8_t *buf, size_t len)
+static int has_binary_magic(const uint8_t *buf, size_t len)
 {
     return buf != NULL && len >= P11PSK_MAGIC_LEN &&
            memcmp(buf, handle_magic, P11PSK_MAGIC_LEN) == 0;
+}
+
+static int has_hex_magic(const uint8_t *buf, size_t len)
+{
+    return buf != NULL && len >= sizeof(handle_magic_hex) - 1 &&
+           strncasecmp((const char *)buf, handle_magic_hex, sizeof(handle_magic_hex) - 1) == 0;
+}
+
+int p11psk_handle_has_magic(const uint8_t *buf, size_t len)
+{
+    return has_binary_magic(buf, len) || has_hex_magic(buf, len);
+}
+
+static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h);
+
+/* The hex form: exactly the 64 characters of a PSK handle. */
+static int handle_decode_hex(const uint8_t *buf, size_t len, p11psk_handle *h)
+{
+    char text[P11PSK_HANDLE_HEX_LEN + 1];
+    uint8_t bin[P11PSK_HANDLE_LEN];
+    p11psk_handle tmp;
+    int rc;
+
+    if (len != P11PSK_HANDLE_HEX_LEN)
+        return P11PSK_HANDLE_BAD_LENGTH;
+    memcpy(text, buf, len);
+    text[len] = '\0';
+    if (p11psk_hex_decode(text, bin, sizeof(bin)) != P11PSK_HANDLE_LEN)
+        return P11PSK_HANDLE_BAD_FIELD;
+    rc = handle_decode_binary(bin, sizeof(bin), &tmp);
+    if (rc == P11PSK_HANDLE_OK && tmp.type != P11PSK_HT_PSK)
+        rc = P11PSK_HANDLE_BAD_FIELD;
+    if (rc == P11PSK_HANDLE_OK && h != NULL)
+        *h = tmp;
+    return rc;
 }
 
 static int handle_check(const uint8_t *buf, size_t n, uint8_t out[P11PSK_CHECK_LEN])
@@ -51,11 +87,18 @@ int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen)
 
 int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h)
 {
+    if (has_binary_magic(buf, len))
+        return handle_decode_binary(buf, len, h);
+    if (has_hex_magic(buf, len))
+        return handle_decode_hex(buf, len, h);
+    return P11PSK_HANDLE_NOT;
+}
+
+static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h)
+{
     uint8_t check[P11PSK_CHECK_LEN];
     size_t i;
 
-    if (!p11psk_handle_has_magic(buf, len))
-        return P11PSK_HANDLE_NOT;
     if (!handle_len_ok(len))
         return P11PSK_HANDLE_BAD_LENGTH;
     if (buf[6] != P11PSK_HANDLE_VERSION)

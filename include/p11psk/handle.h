@@ -11,6 +11,10 @@
  *   [26..n-7] zero padding
  *   [n-6..n)  check value: SHA-256 of bytes [0..n-6), first 6 bytes
  * Handles are not secrets: they name a key; access control decides who may use it.
+ *
+ * Applications may hand the handle to libssl in binary (openssl -psk, mosquitto decode
+ * their hex) or as its 64 ASCII hex characters (stunnel uses PSKsecrets keys verbatim), so
+ * both forms are recognised wherever a handle is accepted.
  */
 #ifndef P11PSK_HANDLE_H
 #define P11PSK_HANDLE_H
@@ -24,6 +28,7 @@
 #define P11PSK_MAGIC_LEN 6
 #define P11PSK_ID_MAX 16
 #define P11PSK_CHECK_LEN 6
+#define P11PSK_HANDLE_HEX_LEN (2 * P11PSK_HANDLE_LEN)
 
 enum p11psk_handle_type {
     P11PSK_HT_PSK = 1,      /* a TLS pre-shared key in the token */
@@ -53,10 +58,11 @@ enum p11psk_handle_rc {
     P11PSK_HANDLE_BAD_FIELD = -4, /* unknown type or digest, bad id length, non-zero padding */
 };
 
-/* True if buf carries the magic; such a buffer must never be used as a raw key. */
+/* True if buf carries the magic, binary or hex; such a buffer must never be used as a key. */
 int p11psk_handle_has_magic(const uint8_t *buf, size_t len);
 
-/* Decodes buf; on P11PSK_HANDLE_OK fills *h. Never reads past len. */
+/* Decodes buf (binary, or a PSK handle's 64 hex characters); on P11PSK_HANDLE_OK fills *h.
+ * Never reads past len. */
 int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h);
 
 /* Encodes h into exactly outlen bytes (32..48). Returns 1, or 0 on bad input. */

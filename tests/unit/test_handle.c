@@ -135,6 +135,30 @@ START_TEST(reject_version_length)
 }
 END_TEST
 
+START_TEST(hex_form)
+{
+    p11psk_handle h = sample(), d;
+    uint8_t buf[P11PSK_HANDLE_LEN];
+    char hex[P11PSK_HANDLE_HEX_LEN + 1];
+
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), 1);
+    p11psk_hex_encode(buf, sizeof(buf), hex);
+    /* As stunnel hands it over: the 64 hex characters themselves. */
+    ck_assert(p11psk_handle_has_magic((uint8_t *)hex, 64));
+    ck_assert_int_eq(p11psk_handle_decode((uint8_t *)hex, 64, &d), P11PSK_HANDLE_OK);
+    ck_assert_mem_eq(d.id, h.id, 16);
+    for (int i = 0; i < 64; i++)
+        if (hex[i] >= 'a' && hex[i] <= 'f')
+            hex[i] = (char)(hex[i] - 'a' + 'A');
+    ck_assert_int_eq(p11psk_handle_decode((uint8_t *)hex, 64, NULL), P11PSK_HANDLE_OK);
+    ck_assert_int_eq(p11psk_handle_decode((uint8_t *)hex, 63, NULL), P11PSK_HANDLE_BAD_LENGTH);
+    hex[40] = hex[40] == '0' ? '1' : '0';
+    ck_assert_int_eq(p11psk_handle_decode((uint8_t *)hex, 64, NULL), P11PSK_HANDLE_BAD_CHECK);
+    hex[40] = 'x';
+    ck_assert_int_eq(p11psk_handle_decode((uint8_t *)hex, 64, NULL), P11PSK_HANDLE_BAD_FIELD);
+}
+END_TEST
+
 START_TEST(md_and_hex)
 {
     uint8_t b[4];
@@ -167,6 +191,7 @@ int main(void)
     tcase_add_test(tc, not_a_handle);
     tcase_add_test(tc, every_bit_flip_rejected);
     tcase_add_test(tc, reject_version_length);
+    tcase_add_test(tc, hex_form);
     tcase_add_test(tc, md_and_hex);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
