@@ -40,7 +40,11 @@ sed -e "s|^module = .*|module = $P11PSK_ROOT/build/lib/p11psk.so|" \
     "$P11PSK_ROOT/conf/openssl-p11psk.cnf" >"$D/openssl.cnf"
 
 echo "== the PSK: generated here, imported into the token, then only the handle is used"
-RAW=$(openssl rand -hex 32)
+# softhsm2-util --import reads the file with fgets(): draw a key with no 00 or 0a byte.
+for _ in $(seq 100); do
+    RAW=$(openssl rand -hex 32)
+    perl -e 'exit(pack("H*", $ARGV[0]) =~ /[\x00\x0a]/ ? 1 : 0)' "$RAW" && break
+done
 printf '%s' "$RAW" | perl -e 'print pack("H*", <STDIN>)' >"$D/psk.bin"
 softhsm2-util --import "$D/psk.bin" --aes --label Client_identity --id 0102 --token demo \
     --pin 1234 >/dev/null

@@ -36,7 +36,7 @@ check "handle gen" "${P[@]}" handle gen
 [ "$(cat "$T/out")" = "$h" ] && pass "handle matches add's output" || fail "handle differs"
 
 check "add --generate 48 --readable" "${P[@]}" add rd --generate 48 --readable
-raw=$(rand_hex 32)
+raw=$(rand_hex_importable 32)
 import_aes imp "$raw"
 check "handle of a softhsm2-util key" "${P[@]}" handle imp
 [[ $(cat "$T/out") =~ ^[0-9a-f]{64}$ ]] && pass "imported key has a handle" || fail "no handle"

@@ -11,7 +11,7 @@ ip link set lo up
 setup_token
 start_daemon
 
-raw=$(rand_hex 32)
+raw=$(rand_hex_importable 32)
 import_aes gnutls "$raw"
 h=$(handle_of gnutls)
 printf 'Client_identity:%s\n' "$raw" >"$T/gnutls.psk"

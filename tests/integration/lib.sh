@@ -120,9 +120,22 @@ stop_daemon() {
 # rand_hex N: N random bytes as hex.
 rand_hex() { openssl rand -hex "$1"; }
 
+# rand_hex_importable N: N random bytes as hex, with no 00 or 0a byte. softhsm2-util 2.6.1
+# --import --aes reads the file with fgets(): it stops after a newline and at a NUL byte.
+rand_hex_importable() {
+    local h
+    for _ in $(seq 100); do
+        h=$(rand_hex "$1")
+        perl -e 'exit(pack("H*", $ARGV[0]) =~ /[\x00\x0a]/ ? 1 : 0)' "$h" && { echo "$h"; return 0; }
+    done
+    die "could not draw an importable key"
+}
+
 # import_aes LABEL HEX: the softhsm2-util path (sensitive, non-extractable CKK_AES).
 import_aes() {
     local label=$1 hex=$2 id
+    perl -e 'exit(pack("H*", $ARGV[0]) =~ /[\x00\x0a]/ ? 1 : 0)' "$hex" ||
+        die "import_aes: key has a 00 or 0a byte, which softhsm2-util would truncate"
     id=$(rand_hex 8)
     perl -e 'print pack("H*", $ARGV[0])' "$hex" >"$T/key.bin"
     softhsm2-util --import "$T/key.bin" --aes --label "$label" --id "$id" \

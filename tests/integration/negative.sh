@@ -5,7 +5,7 @@
 setup_token
 start_daemon
 
-raw=$(rand_hex 32)
+raw=$(rand_hex_importable 32)
 import_aes known "$raw"
 h=$(handle_of known)
 expect_ok "control: the good handle works" raw "$raw" handle "$h" -tls1_3

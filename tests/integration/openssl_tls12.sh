@@ -6,7 +6,7 @@
 setup_token
 start_daemon
 
-raw32=$(rand_hex 32)
+raw32=$(rand_hex_importable 32)
 import_aes tok32 "$raw32"
 h32=$(handle_of tok32)
 raw16=$(rand_hex 16)

@@ -6,7 +6,7 @@
 setup_token
 start_daemon
 
-raw_imp=$(rand_hex 32)
+raw_imp=$(rand_hex_importable 32)
 import_aes imported "$raw_imp"
 h_imp=$(handle_of imported)
 raw_add=$(rand_hex 48)
