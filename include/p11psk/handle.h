@@ -12,9 +12,9 @@
  *   [n-6..n)  check value: SHA-256 of bytes [0..n-6), first 6 bytes
  * Handles are not secrets: they name a key; access control decides who may use it.
  *
- * Applications may hand the handle to libssl in binary (openssl -psk, mosquitto decode
- * their hex) or as its 64 ASCII hex characters (stunnel uses PSKsecrets keys verbatim), so
- * both forms are recognised wherever a handle is accepted.
+ * Applications may hand the handle to libssl in binary (openssl -psk, stunnel and mosquitto
+ * decode hex) or as its 64 ASCII hex characters (applications that take a PSK as text
+ * verbatim), so both forms are recognised wherever a handle is accepted.
  */
 #ifndef P11PSK_HANDLE_H
 #define P11PSK_HANDLE_H
