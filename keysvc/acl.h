@@ -1,0 +1,39 @@
+/*
+ * Access control: which peers may use which keys. Deny by default.
+ *
+ * Rule text (after "allow"):  IDENT-GLOB [uid=NAME|NUM] [gid=NAME|NUM]
+ * A rule matches when fnmatch(IDENT-GLOB, key label) matches and every condition given
+ * matches the peer's SO_PEERCRED credentials; a rule without conditions matches everyone.
+ * Conditions are key=value words parsed from a table so later policy keys slot in.
+ */
+#ifndef P11PSK_KEYSVC_ACL_H
+#define P11PSK_KEYSVC_ACL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct {
+    char *glob;
+    int has_uid;
+    uid_t uid;
+    int has_gid;
+    gid_t gid;
+    char where[64]; /* "FILE:LINE" for logs */
+} p11psk_acl_rule;
+
+typedef struct {
+    p11psk_acl_rule *rules;
+    size_t n;
+    size_t cap;
+} p11psk_acl;
+
+/* Parses one rule's text and appends it. Returns 1, or 0 with a message naming the fix. */
+int p11psk_acl_add(p11psk_acl *acl, const char *text, const char *where, char *err, size_t errlen);
+
+/* Returns the matching rule, or NULL when the peer may not use the key. */
+const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident, uid_t uid,
+                                        gid_t gid);
+
+void p11psk_acl_free(p11psk_acl *acl);
+
+#endif

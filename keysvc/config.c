@@ -1,0 +1,316 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <openssl/crypto.h>
+#include <p11-kit/uri.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "p11psk/client.h"
+
+#define PIN_MAX 256
+
+const char *p11psk_config_path(const char *arg)
+{
+    const char *env;
+
+    if (arg != NULL)
+        return arg;
+    env = getenv(P11PSK_CONF_ENV);
+    return env != NULL && *env != '\0' ? env : P11PSK_DEFAULT_CONF;
+}
+
+static int set_str(char **slot, const char *v, char *err, size_t errlen)
+{
+    char *s = strdup(v);
+
+    if (s == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+    }
+    free(*slot);
+    *slot = s;
+    return 1;
+}
+
+static int pin_source_ok(const char *v)
+{
+    return strncmp(v, "file:", 5) == 0 ? v[5] == '/' : v[0] == '/';
+}
+
+static int set_token(p11psk_config *cfg, const char *v, char *err, size_t errlen)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    const char *ps;
+    int rc;
+
+    if (uri == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+    }
+    rc = p11_kit_uri_parse(v, P11_KIT_URI_FOR_TOKEN, uri);
+    if (rc != P11_KIT_URI_OK) {
+        snprintf(err, errlen, "bad token URI (%s); write e.g. token = pkcs11:token=MyLabel",
+                 p11_kit_uri_message(rc));
+        p11_kit_uri_free(uri);
+        return 0;
+    }
+    ps = p11_kit_uri_get_pin_source(uri);
+    if (ps != NULL && !pin_source_ok(ps)) {
+        snprintf(err, errlen, "pin-source in the token URI must be file:/ABSOLUTE/PATH");
+        p11_kit_uri_free(uri);
+        return 0;
+    }
+    /* An explicit pin-source line wins over the URI attribute, whatever the order. */
+    rc = set_str(&cfg->token_uri, v, err, errlen) &&
+         (ps == NULL || cfg->pin_source != NULL || set_str(&cfg->pin_source, ps, err, errlen));
+    p11_kit_uri_free(uri);
+    return rc;
+}
+
+static int set_mode(p11psk_config *cfg, const char *v, char *err, size_t errlen)
+{
+    char *end;
+    unsigned long m;
+
+    errno = 0;
+    m = strtoul(v, &end, 8);
+    if (errno != 0 || *end != '\0' || *v == '\0' || m > 0777) {
+        snprintf(err, errlen, "socket-mode must be octal permission bits, e.g. 0660");
+        return 0;
+    }
+    cfg->socket_mode = (mode_t)m;
+    return 1;
+}
+
+static int set_group(p11psk_config *cfg, const char *v, char *err, size_t errlen)
+{
+    struct group *gr;
+    char *end;
+    unsigned long g;
+
+    if (isdigit((unsigned char)*v)) {
+        errno = 0;
+        g = strtoul(v, &end, 10);
+        if (errno == 0 && *end == '\0') {
+            cfg->socket_gid = (gid_t)g;
+            cfg->has_socket_group = 1;
+            return 1;
+        }
+    }
+    if ((gr = getgrnam(v)) == NULL) {
+        snprintf(err, errlen, "unknown group '%s'; create it or give a numeric gid", v);
+        return 0;
+    }
+    cfg->socket_gid = gr->gr_gid;
+    cfg->has_socket_group = 1;
+    return 1;
+}
+
+static int apply(p11psk_config *cfg, const char *key, const char *v, const char *where, char *err,
+                 size_t errlen)
+{
+    int lvl;
+
+    if (strcmp(key, "allow") == 0)
+        return p11psk_acl_add(&cfg->acl, v, where, err, errlen);
+    if (*v == '\0') {
+        snprintf(err, errlen, "'%s' needs a value: %s = VALUE", key, key);
+        return 0;
+    }
+    if (strcmp(key, "module") == 0)
+        return set_str(&cfg->module, v, err, errlen);
+    if (strcmp(key, "token") == 0)
+        return set_token(cfg, v, err, errlen);
+    if (strcmp(key, "pin-source") == 0) {
+        if (!pin_source_ok(v)) {
+            snprintf(err, errlen, "pin-source must be file:/ABSOLUTE/PATH or /ABSOLUTE/PATH");
+            return 0;
+        }
+        return set_str(&cfg->pin_source, v, err, errlen);
+    }
+    if (strcmp(key, "socket") == 0) {
+        if (v[0] != '/' || strlen(v) >= 108) {
+            snprintf(err, errlen, "socket must be an absolute path shorter than 108 bytes");
+            return 0;
+        }
+        return set_str(&cfg->socket, v, err, errlen);
+    }
+    if (strcmp(key, "socket-mode") == 0)
+        return set_mode(cfg, v, err, errlen);
+    if (strcmp(key, "socket-group") == 0)
+        return set_group(cfg, v, err, errlen);
+    if (strcmp(key, "log-level") == 0) {
+        if ((lvl = p11psk_log_level_from_name(v)) < 0) {
+            snprintf(err, errlen, "log-level must be error, warn, info or debug");
+            return 0;
+        }
+        cfg->log_level = lvl;
+        return 1;
+    }
+    snprintf(err, errlen,
+             "unknown key '%s'; known keys: module, token, pin-source, socket, socket-mode, "
+             "socket-group, log-level, allow",
+             key);
+    return 0;
+}
+
+static char *trim(char *s)
+{
+    char *e;
+
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* Splits "key = value" (or "allow GLOB ..."). '#' starts a comment at a line or word start. */
+static int split_line(char *line, char **key, char **val)
+{
+    char *p, *k;
+
+    for (p = line; *p != '\0'; p++)
+        if (*p == '#' && (p == line || isspace((unsigned char)p[-1]))) {
+            *p = '\0';
+            break;
+        }
+    k = trim(line);
+    if (*k == '\0') {
+        *key = NULL;
+        return 1;
+    }
+    p = k;
+    while (*p != '\0' && *p != '=' && !isspace((unsigned char)*p))
+        p++;
+    *key = k;
+    if (*p == '\0')
+        return strcmp(k, "allow") == 0 ? (*val = p, 1) : 0;
+    if (*p != '=')
+        *p++ = '\0';
+    p = trim(p);
+    if (*p == '=') {
+        *p++ = '\0';
+        *val = trim(p);
+        return 1;
+    }
+    if (strcmp(k, "allow") == 0) { /* "allow GLOB ..." needs no '=' */
+        *val = p;
+        return 1;
+    }
+    return 0;
+}
+
+int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t errlen)
+{
+    char line[4096], where[64], msg[512], *key, *val;
+    unsigned lineno = 0;
+    FILE *f;
+    int ok = 1;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->socket_mode = 0660;
+    cfg->log_level = P11PSK_LOG_INFO;
+    if (!set_str(&cfg->path, path, err, errlen) ||
+        !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
+        !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen))
+        return 0;
+    if ((f = fopen(path, "re")) == NULL) {
+        snprintf(err, errlen, "%s: %s; give another file with --config FILE or $%s", path,
+                 strerror(errno), P11PSK_CONF_ENV);
+        return 0;
+    }
+    while (ok && fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        snprintf(where, sizeof(where), "%s:%u", path, lineno);
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "%s: line too long (max %zu bytes)", where, sizeof(line) - 2);
+            ok = 0;
+            break;
+        }
+        if (!split_line(line, &key, &val)) {
+            snprintf(err, errlen, "%s: malformed line; write 'key = value' or 'allow GLOB ...'",
+                     where);
+            ok = 0;
+        } else if (key != NULL && !apply(cfg, key, val, where, msg, sizeof(msg))) {
+            snprintf(err, errlen, "%s: %s", where, msg);
+            ok = 0;
+        }
+    }
+    fclose(f);
+    if (!ok)
+        p11psk_config_free(cfg);
+    return ok;
+}
+
+void p11psk_config_free(p11psk_config *cfg)
+{
+    free(cfg->path);
+    free(cfg->module);
+    free(cfg->token_uri);
+    free(cfg->pin_source);
+    free(cfg->socket);
+    p11psk_acl_free(&cfg->acl);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+int p11psk_pin_read(const char *source, char **pin, size_t *pinlen, char *err, size_t errlen)
+{
+    const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+    char *buf;
+    ssize_t r;
+    size_t n = 0;
+    int fd;
+
+    *pin = NULL;
+    *pinlen = 0;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        snprintf(err, errlen,
+                 "cannot read PIN file %s: %s; fix pin-source or the file's "
+                 "permissions",
+                 path, strerror(errno));
+        return 0;
+    }
+    if ((buf = OPENSSL_secure_zalloc(PIN_MAX + 1)) == NULL) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return 0;
+    }
+    while (n < PIN_MAX && (r = read(fd, buf + n, PIN_MAX - n)) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(err, errlen, "cannot read PIN file %s: %s", path, strerror(errno));
+            close(fd);
+            OPENSSL_secure_clear_free(buf, PIN_MAX + 1);
+            return 0;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    n = strcspn(buf, "\r\n"); /* the first line is the PIN */
+    OPENSSL_cleanse(buf + n, PIN_MAX + 1 - n);
+    if (n == 0) {
+        snprintf(err, errlen, "PIN file %s is empty; write the user PIN on its first line", path);
+        OPENSSL_secure_clear_free(buf, PIN_MAX + 1);
+        return 0;
+    }
+    *pin = buf;
+    *pinlen = n;
+    return 1;
+}
+
+void p11psk_pin_free(char *pin, size_t pinlen)
+{
+    if (pin != NULL)
+        OPENSSL_secure_clear_free(pin, PIN_MAX + 1);
+}

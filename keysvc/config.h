@@ -1,0 +1,41 @@
+/* p11pskd.conf: shared by the daemon and the CLI. "key = value" lines, '#' comments. */
+#ifndef P11PSK_KEYSVC_CONFIG_H
+#define P11PSK_KEYSVC_CONFIG_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "acl.h"
+
+#define P11PSK_DEFAULT_CONF "/etc/p11psk/p11pskd.conf"
+#define P11PSK_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#define P11PSK_CONF_ENV "P11PSK_CONF"
+
+typedef struct {
+    char *path;       /* the file this came from */
+    char *module;     /* path or p11-kit module name */
+    char *token_uri;  /* RFC 7512 token URI, or NULL: the only initialised token */
+    char *pin_source; /* "file:PATH" or "/PATH" (from pin-source or the URI), or NULL */
+    char *socket;
+    mode_t socket_mode;
+    int has_socket_group;
+    gid_t socket_gid;
+    int log_level; /* P11PSK_LOG_* */
+    p11psk_acl acl;
+} p11psk_config;
+
+/* The file to read: arg if given, else $P11PSK_CONF, else the default. */
+const char *p11psk_config_path(const char *arg);
+
+/* Fills cfg with defaults, then the file. Returns 1, or 0 with "FILE:LINE: problem; fix". */
+int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t errlen);
+void p11psk_config_free(p11psk_config *cfg);
+
+/*
+ * Reads a PIN from a pin source ("file:PATH" or an absolute path): the first line, trailing
+ * newline stripped. *pin is OPENSSL_secure_malloc'd; free with p11psk_pin_free.
+ */
+int p11psk_pin_read(const char *source, char **pin, size_t *pinlen, char *err, size_t errlen);
+void p11psk_pin_free(char *pin, size_t pinlen);
+
+#endif

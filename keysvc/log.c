@@ -1,0 +1,77 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct {
+    int use_syslog;
+    int level;
+    char ident[32];
+} log_state = {0, P11PSK_LOG_INFO, "p11pskd"};
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+int p11psk_log_level_from_name(const char *name)
+{
+    int i;
+
+    for (i = 0; i <= P11PSK_LOG_DEBUG; i++)
+        if (strcmp(name, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *p11psk_log_level_name(int level)
+{
+    return level >= 0 && level <= P11PSK_LOG_DEBUG ? level_names[level] : "?";
+}
+
+void p11psk_log_open(const char *ident, int use_syslog, int level)
+{
+    snprintf(log_state.ident, sizeof(log_state.ident), "%s", ident);
+    log_state.use_syslog = use_syslog;
+    log_state.level = level;
+    if (use_syslog)
+        openlog(log_state.ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+void p11psk_log_close(void)
+{
+    if (log_state.use_syslog)
+        closelog();
+    log_state.use_syslog = 0;
+}
+
+int p11psk_log_enabled(int level)
+{
+    return level <= log_state.level;
+}
+
+void p11psk_log(int level, const char *fmt, ...)
+{
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+    char line[1024], stamp[32];
+    struct timeval tv;
+    struct tm tm;
+    va_list ap;
+
+    if (!p11psk_log_enabled(level))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (log_state.use_syslog) {
+        syslog(prio[level], "%s", line);
+        return;
+    }
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "%s.%03ldZ %s[%ld]: %s: %s\n", stamp, (long)tv.tv_usec / 1000, log_state.ident,
+            (long)getpid(), level_names[level], line);
+}

@@ -1,0 +1,198 @@
+/* p11pskd: serves TLS PSK derivations from keys that stay in a PKCS#11 token. */
+#define _GNU_SOURCE /* pipe2 */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "ladder.h"
+#include "log.h"
+#include "server.h"
+#include "token.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: p11pskd [--config FILE] [--foreground] [--help] [--version]\n"
+               "\n"
+               "Serves TLS pre-shared-key derivations to the p11psk OpenSSL provider from keys\n"
+               "kept in a PKCS#11 token.\n"
+               "\n"
+               "  -c, --config FILE  configuration file (default $" P11PSK_CONF_ENV
+               " or " P11PSK_DEFAULT_CONF ")\n"
+               "  -f, --foreground   stay in the foreground and log to stderr\n"
+               "  -h, --help         show this help\n"
+               "  -V, --version      show the version\n");
+}
+
+/* Startup result channel from the daemonized child to the waiting parent. */
+static int ready_fd = -1;
+
+static void startup_done(const char *errmsg)
+{
+    const char *msg = errmsg != NULL ? errmsg : "OK";
+
+    if (ready_fd < 0)
+        return;
+    if (write(ready_fd, msg, strlen(msg)) < 0) {
+        /* the parent is gone; nothing else to tell */
+    }
+    close(ready_fd);
+    ready_fd = -1;
+}
+
+/* Double fork before the PKCS#11 module is loaded; the parent exits once the daemon is
+ * serving (0) or has failed (1, with its message on stderr). */
+static void daemonize(void)
+{
+    char buf[600];
+    size_t n = 0;
+    ssize_t r;
+    int pfd[2], fd;
+    pid_t pid;
+
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        fprintf(stderr, "p11pskd: pipe: %s\n", strerror(errno));
+        exit(1);
+    }
+    if ((pid = fork()) < 0) {
+        fprintf(stderr, "p11pskd: fork: %s\n", strerror(errno));
+        exit(1);
+    }
+    if (pid > 0) {
+        close(pfd[1]);
+        waitpid(pid, NULL, 0);
+        while (n < sizeof(buf) - 1 && (r = read(pfd[0], buf + n, sizeof(buf) - 1 - n)) != 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                break;
+            n += (size_t)r;
+        }
+        buf[n] = '\0';
+        if (strcmp(buf, "OK") == 0)
+            exit(0);
+        fprintf(stderr, "p11pskd: %s\n",
+                n > 0 ? buf : "daemon exited during startup; see the system log");
+        exit(1);
+    }
+    close(pfd[0]);
+    setsid();
+    if ((pid = fork()) < 0)
+        _exit(1);
+    if (pid > 0)
+        _exit(0);
+    ready_fd = pfd[1];
+    if (chdir("/") != 0) {
+        /* "/" always exists */
+    }
+    if ((fd = open("/dev/null", O_RDWR)) >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"foreground", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *conf_arg = NULL;
+    char err[512];
+    p11psk_token_params prm;
+    p11psk_config cfg;
+    p11psk_token *tok = NULL;
+    p11psk_ladder *lad = NULL;
+    p11psk_err terr;
+    int fg = 0, opt, lfd, rc = 1;
+
+    /* The global openssl.cnf may load the p11psk provider; this process never needs it. */
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
+    while ((opt = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            conf_arg = optarg;
+            break;
+        case 'f':
+            fg = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("p11pskd %s\n", P11PSK_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "p11pskd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (!p11psk_config_load(p11psk_config_path(conf_arg), &cfg, err, sizeof(err))) {
+        fprintf(stderr, "p11pskd: %s\n", err);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (!fg)
+        daemonize();
+    p11psk_log_open("p11pskd", !fg, cfg.log_level);
+
+    if ((lfd = p11psk_server_listen(&cfg, err, sizeof(err))) < 0) {
+        p11psk_log(P11PSK_LOG_ERROR, "%s", err);
+        startup_done(err);
+        goto out;
+    }
+    if ((lad = p11psk_ladder_new()) == NULL) {
+        snprintf(err, sizeof(err), "cannot set up OpenSSL (default provider, TLS13-KDF)");
+        goto fail;
+    }
+    memset(&prm, 0, sizeof(prm));
+    prm.module = cfg.module;
+    prm.token_uri = cfg.token_uri;
+    prm.pin_source = cfg.pin_source;
+    if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
+        snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);
+        goto fail;
+    }
+    p11psk_log(P11PSK_LOG_INFO,
+               "p11pskd %s serving module %s, token '%s', socket %s (%zu allow "
+               "rules)",
+               P11PSK_VERSION, p11psk_token_module(tok), p11psk_token_label(tok), cfg.socket,
+               cfg.acl.n);
+    if (cfg.acl.n == 0)
+        p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
+                   cfg.path);
+    startup_done(NULL);
+    rc = p11psk_server_run(&cfg, tok, lad, lfd) == 0 ? 0 : 1;
+    goto cleanup;
+fail:
+    p11psk_log(P11PSK_LOG_ERROR, "%s", err);
+    startup_done(err);
+cleanup:
+    close(lfd);
+    unlink(cfg.socket);
+out:
+    p11psk_token_close(tok);
+    p11psk_ladder_free(lad);
+    p11psk_log(P11PSK_LOG_INFO, "p11pskd stopped");
+    p11psk_log_close();
+    p11psk_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,104 @@
+/*
+ * The PKCS#11 token holding the PSKs: module loading through p11-kit, slot choice, login,
+ * key lookup (cached by CKA_ID for the daemon, by CKA_LABEL for the CLI), token-side digests.
+ * Functions report through p11psk_err: a P11PSK_ST_* status, the CKR when PKCS#11 failed,
+ * and a message for the operator (never key bytes).
+ */
+#ifndef P11PSK_KEYSVC_TOKEN_H
+#define P11PSK_KEYSVC_TOKEN_H
+
+#include <p11-kit/pkcs11.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "p11psk/handle.h"
+#include "p11psk/wire.h" /* P11PSK_ST_* statuses */
+
+#define P11PSK_KEY_ID_MAX 64     /* longest CKA_ID we keep (handles take 1..16 bytes) */
+#define P11PSK_KEY_LABEL_MAX 256 /* longest CKA_LABEL we keep, NUL included */
+#define P11PSK_KEY_LEN_MIN 16
+#define P11PSK_KEY_LEN_MAX 512
+
+typedef struct {
+    int status; /* P11PSK_ST_* */
+    CK_RV ckr;  /* set when status == P11PSK_ST_TOKEN */
+    char msg[320];
+} p11psk_err;
+
+typedef struct {
+    CK_OBJECT_HANDLE obj;
+    CK_KEY_TYPE type; /* CKK_GENERIC_SECRET or CKK_AES */
+    size_t len;       /* CKA_VALUE_LEN */
+    int readable;     /* CKA_SENSITIVE false and CKA_EXTRACTABLE true */
+    size_t idlen;     /* may exceed P11PSK_ID_MAX: such a key gets no handle */
+    uint8_t id[P11PSK_KEY_ID_MAX];
+    char label[P11PSK_KEY_LABEL_MAX];
+} p11psk_key;
+
+typedef struct {
+    const char *module;     /* path (contains '/' or ends in ".so") or p11-kit module name */
+    const char *token_uri;  /* "pkcs11:token=..." or NULL: the only initialised token */
+    const char *pin_source; /* "file:PATH" / "/PATH", or NULL */
+    const char *pin;        /* direct PIN (tests only; the daemon and CLI use pin_source) */
+    int rw;                 /* open a read/write session */
+} p11psk_token_params;
+
+typedef struct p11psk_token p11psk_token;
+
+/* Returns P11PSK_ST_OK and *out, or an error status with err->msg naming the fix. */
+int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk_err *err);
+/* Logs out, closes the session and finalizes the module. NULL is fine. */
+void p11psk_token_close(p11psk_token *tok);
+
+const char *p11psk_token_label(const p11psk_token *tok);
+const char *p11psk_token_module(const p11psk_token *tok);
+CK_FUNCTION_LIST *p11psk_token_functions(const p11psk_token *tok);
+CK_SESSION_HANDLE p11psk_token_session(const p11psk_token *tok);
+
+/* Daemon lookup by CKA_ID through a hash table; a miss searches the token. Returns
+ * P11PSK_ST_OK, P11PSK_ST_NOT_FOUND, P11PSK_ST_UNSUPPORTED (key type) or P11PSK_ST_TOKEN. */
+int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                         p11psk_err *err);
+/* Drops a cached entry (call when the token said the object handle is invalid). */
+void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen);
+
+/* Every secret key (label == NULL) or those labelled label. *keys is malloc'd (free()).
+ * Keys of unsupported types are skipped. Returns P11PSK_ST_OK or P11PSK_ST_TOKEN. */
+int p11psk_token_list(p11psk_token *tok, const char *label, p11psk_key **keys, size_t *n,
+                      p11psk_err *err);
+
+typedef struct {
+    const char *label;
+    const uint8_t *id;
+    size_t idlen;
+    const uint8_t *value; /* NULL: generate value_len random bytes in the token */
+    size_t value_len;
+    int readable;     /* CKA_SENSITIVE false, CKA_EXTRACTABLE true */
+    int session_only; /* CKA_TOKEN false (tests) */
+} p11psk_new_key;
+
+/* Creates a CKK_GENERIC_SECRET key (C_CreateObject or C_GenerateKey). */
+int p11psk_token_create_key(p11psk_token *tok, const p11psk_new_key *nk, p11psk_key *key,
+                            p11psk_err *err);
+int p11psk_token_destroy_key(p11psk_token *tok, const p11psk_key *key, p11psk_err *err);
+int p11psk_token_random(p11psk_token *tok, uint8_t *out, size_t len, p11psk_err *err);
+
+/* out = H(prefix ‖ key value) computed by the token (C_DigestUpdate + C_DigestKey). */
+int p11psk_token_digest_key(p11psk_token *tok, int md, const uint8_t *prefix, size_t prefixlen,
+                            const p11psk_key *key, uint8_t *out, p11psk_err *err);
+/* Reads the value of a readable key into OPENSSL_secure_malloc'd memory; free with
+ * OPENSSL_secure_clear_free(*val, *len). P11PSK_ST_NEED_READABLE for sensitive keys. */
+int p11psk_token_key_value(p11psk_token *tok, const p11psk_key *key, uint8_t **val, size_t *len,
+                           p11psk_err *err);
+
+/* True if rv means "this object handle is stale": drop the cache entry and look again. */
+int p11psk_ckr_stale_handle(CK_RV rv);
+/* "CKR_KEY_INDIGESTIBLE", or "CKR_0x..." for unknown values (static buffer for those). */
+const char *p11psk_ckr_name(CK_RV rv);
+
+int p11psk_err_set(p11psk_err *err, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* status TOKEN, ckr rv, msg "CKR_X in C_Y". Returns P11PSK_ST_TOKEN. */
+int p11psk_err_ckr(p11psk_err *err, CK_RV rv, const char *fn);
+
+#endif

@@ -1,0 +1,417 @@
+/*
+ * TLS13-KDF (the HKDF variant libssl uses for TLS 1.3), with p11psk handles.
+ *
+ * libssl's calls that involve a PSK handle:
+ *   EXTRACT_ONLY, KEY = PSK handle, no SALT      -> early secret: p11pskd TLS13_EARLY returns an
+ *                                                   early-secret (ES) handle in its place
+ *   EXPAND_ONLY,  KEY = ES handle                 -> binder/early keys: TLS13_EXPAND
+ *   EXTRACT_ONLY, SALT = ES handle, KEY = (EC)DHE -> handshake secret: TLS13_EXTRACT
+ * Everything without a handle goes to another provider unchanged.
+ */
+#include "prov.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+
+#define ALG "TLS13-KDF"
+
+typedef struct {
+    P11PSK_PROV_CTX *provctx;
+    int mode;
+    char *digest;
+    char *propq;
+    p11psk_bytes key;
+    p11psk_bytes salt;
+    p11psk_bytes prefix;
+    p11psk_bytes label;
+    p11psk_bytes data;
+} P11PSK_TLS13_KDF_CTX;
+
+static OSSL_FUNC_kdf_newctx_fn p11psk_tls13_kdf_new;
+static OSSL_FUNC_kdf_dupctx_fn p11psk_tls13_kdf_dup;
+static OSSL_FUNC_kdf_freectx_fn p11psk_tls13_kdf_free;
+static OSSL_FUNC_kdf_reset_fn p11psk_tls13_kdf_reset;
+static OSSL_FUNC_kdf_derive_fn p11psk_tls13_kdf_derive;
+static OSSL_FUNC_kdf_settable_ctx_params_fn p11psk_tls13_kdf_settable_ctx_params;
+static OSSL_FUNC_kdf_set_ctx_params_fn p11psk_tls13_kdf_set_ctx_params;
+static OSSL_FUNC_kdf_gettable_ctx_params_fn p11psk_tls13_kdf_gettable_ctx_params;
+static OSSL_FUNC_kdf_get_ctx_params_fn p11psk_tls13_kdf_get_ctx_params;
+
+static void *p11psk_tls13_kdf_new(void *provctx)
+{
+    P11PSK_TLS13_KDF_CTX *ctx = OPENSSL_zalloc(sizeof(*ctx));
+
+    if (ctx == NULL)
+        return NULL;
+    ctx->provctx = provctx;
+    ctx->mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
+    return ctx;
+}
+
+static void p11psk_tls13_kdf_reset(void *vctx)
+{
+    P11PSK_TLS13_KDF_CTX *ctx = vctx;
+    P11PSK_PROV_CTX *provctx = ctx->provctx;
+
+    OPENSSL_free(ctx->digest);
+    OPENSSL_free(ctx->propq);
+    p11psk_bytes_clear(&ctx->key);
+    p11psk_bytes_clear(&ctx->salt);
+    p11psk_bytes_clear(&ctx->prefix);
+    p11psk_bytes_clear(&ctx->label);
+    p11psk_bytes_clear(&ctx->data);
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->provctx = provctx;
+    ctx->mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
+}
+
+static void p11psk_tls13_kdf_free(void *vctx)
+{
+    if (vctx == NULL)
+        return;
+    p11psk_tls13_kdf_reset(vctx);
+    OPENSSL_free(vctx);
+}
+
+static void *p11psk_tls13_kdf_dup(void *vsrc)
+{
+    const P11PSK_TLS13_KDF_CTX *src = vsrc;
+    P11PSK_TLS13_KDF_CTX *dst = p11psk_tls13_kdf_new(src->provctx);
+
+    if (dst == NULL)
+        return NULL;
+    dst->mode = src->mode;
+    if (!p11psk_str_dup(&dst->digest, src->digest) || !p11psk_str_dup(&dst->propq, src->propq) ||
+        !p11psk_bytes_dup(&dst->key, &src->key) || !p11psk_bytes_dup(&dst->salt, &src->salt) ||
+        !p11psk_bytes_dup(&dst->prefix, &src->prefix) ||
+        !p11psk_bytes_dup(&dst->label, &src->label) || !p11psk_bytes_dup(&dst->data, &src->data)) {
+        p11psk_tls13_kdf_free(dst);
+        return NULL;
+    }
+    return dst;
+}
+
+static const char *mode_str(int mode)
+{
+    switch (mode) {
+    case EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND:
+        return "EXTRACT_AND_EXPAND";
+    case EVP_KDF_HKDF_MODE_EXTRACT_ONLY:
+        return "EXTRACT_ONLY";
+    case EVP_KDF_HKDF_MODE_EXPAND_ONLY:
+        return "EXPAND_ONLY";
+    }
+    return "?";
+}
+
+/* Mode as an int or as OpenSSL's mode names, like the built-in KDF. */
+static int set_mode(P11PSK_TLS13_KDF_CTX *ctx, const OSSL_PARAM *p)
+{
+    int mode;
+
+    if (p->data_type == OSSL_PARAM_UTF8_STRING) {
+        if (p->data == NULL)
+            return 0;
+        if (strcasecmp(p->data, "EXTRACT_AND_EXPAND") == 0)
+            mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
+        else if (strcasecmp(p->data, "EXTRACT_ONLY") == 0)
+            mode = EVP_KDF_HKDF_MODE_EXTRACT_ONLY;
+        else if (strcasecmp(p->data, "EXPAND_ONLY") == 0)
+            mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+        else
+            return 0;
+    } else if (!OSSL_PARAM_get_int(p, &mode)) {
+        return 0;
+    }
+    if (mode < EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND || mode > EVP_KDF_HKDF_MODE_EXPAND_ONLY)
+        return 0;
+    ctx->mode = mode;
+    return 1;
+}
+
+static int p11psk_tls13_kdf_set_ctx_params(void *vctx, const OSSL_PARAM params[])
+{
+    P11PSK_TLS13_KDF_CTX *ctx = vctx;
+    const OSSL_PARAM *p;
+
+    if (params == NULL)
+        return 1;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_MODE)) != NULL && !set_mode(ctx, p)) {
+        P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM, "%s: invalid mode", ALG);
+        return 0;
+    }
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_DIGEST)) != NULL &&
+        !p11psk_str_set(&ctx->digest, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_PROPERTIES)) != NULL &&
+        !p11psk_str_set(&ctx->propq, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_KEY)) != NULL &&
+        !p11psk_bytes_set(&ctx->key, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_SALT)) != NULL &&
+        !p11psk_bytes_set(&ctx->salt, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_PREFIX)) != NULL &&
+        !p11psk_bytes_set(&ctx->prefix, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_LABEL)) != NULL &&
+        !p11psk_bytes_set(&ctx->label, p))
+        goto bad;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_DATA)) != NULL &&
+        !p11psk_bytes_set(&ctx->data, p))
+        goto bad;
+    return 1;
+bad:
+    P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM, "%s: cannot read parameter %s", ALG, p->key);
+    return 0;
+}
+
+static const OSSL_PARAM *p11psk_tls13_kdf_settable_ctx_params(void *vctx, void *provctx)
+{
+    static const OSSL_PARAM settable[] = {
+        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_MODE, NULL, 0),
+        OSSL_PARAM_int(OSSL_KDF_PARAM_MODE, NULL),
+        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_PROPERTIES, NULL, 0),
+        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_DIGEST, NULL, 0),
+        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_KEY, NULL, 0),
+        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_SALT, NULL, 0),
+        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_PREFIX, NULL, 0),
+        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_LABEL, NULL, 0),
+        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_DATA, NULL, 0),
+        OSSL_PARAM_END};
+
+    return settable;
+}
+
+/* Output size: the hash length for extraction, unbounded otherwise (as OpenSSL's HKDF). */
+static size_t tls13_size(P11PSK_TLS13_KDF_CTX *ctx)
+{
+    EVP_MD *md;
+    size_t sz;
+    int s;
+
+    if (ctx->mode != EVP_KDF_HKDF_MODE_EXTRACT_ONLY)
+        return SIZE_MAX;
+    if (ctx->digest == NULL) {
+        P11PSK_RAISE(ctx->provctx, P11PSK_R_MISSING_PARAM, "%s: size needs a digest", ALG);
+        return 0;
+    }
+    if ((sz = p11psk_md_size(p11psk_md_from_name(ctx->digest))) != 0)
+        return sz;
+    md = EVP_MD_fetch(ctx->provctx->libctx, ctx->digest, ctx->propq);
+    s = md != NULL ? EVP_MD_get_size(md) : 0;
+    EVP_MD_free(md);
+    return s > 0 ? (size_t)s : 0;
+}
+
+static int p11psk_tls13_kdf_get_ctx_params(void *vctx, OSSL_PARAM params[])
+{
+    OSSL_PARAM *p;
+
+    if ((p = OSSL_PARAM_locate(params, OSSL_KDF_PARAM_SIZE)) != NULL) {
+        size_t sz = tls13_size(vctx);
+
+        if (sz == 0 || !OSSL_PARAM_set_size_t(p, sz))
+            return 0;
+    }
+    /* Gettable in OpenSSL's HKDF family; TLS13-KDF never takes an info, so it is empty. */
+    if ((p = OSSL_PARAM_locate(params, OSSL_KDF_PARAM_INFO)) != NULL)
+        p->return_size = 0;
+    return 1;
+}
+
+static const OSSL_PARAM *p11psk_tls13_kdf_gettable_ctx_params(void *vctx, void *provctx)
+{
+    static const OSSL_PARAM gettable[] = {OSSL_PARAM_size_t(OSSL_KDF_PARAM_SIZE, NULL),
+                                          OSSL_PARAM_octet_string(OSSL_KDF_PARAM_INFO, NULL, 0),
+                                          OSSL_PARAM_END};
+
+    return gettable;
+}
+
+static int need(const P11PSK_TLS13_KDF_CTX *ctx, const p11psk_bytes *b, const char *name)
+{
+    if (b->p != NULL)
+        return 1;
+    P11PSK_RAISE(ctx->provctx, P11PSK_R_MISSING_PARAM, "%s with a p11psk handle needs %s", ALG,
+                 name);
+    return 0;
+}
+
+static int check_hash_outlen(const P11PSK_TLS13_KDF_CTX *ctx, int md, size_t outlen)
+{
+    if (outlen == p11psk_md_size(md))
+        return 1;
+    P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM,
+                 "%s extract with a p11psk handle: output length %zu is not the %s length %zu", ALG,
+                 outlen, p11psk_md_name(md), p11psk_md_size(md));
+    return 0;
+}
+
+/* Early secret of a PSK handle: the daemon answers with an ES handle, our "early secret". */
+static int tls13_early(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+{
+    P11PSK_PROV_CTX *pc = ctx->provctx;
+    p11psk_frame fr;
+    p11psk_handle h;
+    int md;
+
+    if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
+        !p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_PSK, 0, &h) ||
+        !check_hash_outlen(ctx, md, outlen))
+        return 0;
+    p11psk_frame_start(&fr, P11PSK_OP_TLS13_EARLY);
+    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
+    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->key.p, ctx->key.len);
+    if (!p11psk_svc_call(pc, &fr, P11PSK_T_HANDLE, out, outlen))
+        return 0;
+    /* Whatever comes back is handed to libssl as a secret: it must be a handle we accept. */
+    if (p11psk_handle_decode(out, outlen, &h) != P11PSK_HANDLE_OK || h.type != P11PSK_HT_TLS13_ES ||
+        h.digest != md) {
+        OPENSSL_cleanse(out, outlen);
+        P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR,
+                     "TLS13_EARLY answer is not a %s early-secret handle", p11psk_md_name(md));
+        return 0;
+    }
+    return 1;
+}
+
+/* HKDF-Expand-Label from an ES handle (binder keys, early traffic, early exporter). */
+static int tls13_expand(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+{
+    P11PSK_PROV_CTX *pc = ctx->provctx;
+    p11psk_frame fr;
+    p11psk_handle h;
+    int md;
+
+    if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
+        !p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_TLS13_ES, md, &h) ||
+        !need(ctx, &ctx->prefix, "a prefix") || !need(ctx, &ctx->label, "a label"))
+        return 0;
+    if (outlen == 0 || outlen > P11PSK_WIRE_OUT_MAX) {
+        P11PSK_RAISE(pc, P11PSK_R_UNSUPPORTED, "%s expand: output length %zu (1..%d supported)",
+                     ALG, outlen, P11PSK_WIRE_OUT_MAX);
+        return 0;
+    }
+    p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXPAND);
+    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
+    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->key.p, ctx->key.len);
+    p11psk_frame_add(&fr, P11PSK_T_PREFIX, ctx->prefix.p, ctx->prefix.len);
+    p11psk_frame_add(&fr, P11PSK_T_LABEL, ctx->label.p, ctx->label.len);
+    if (ctx->data.p != NULL)
+        p11psk_frame_add(&fr, P11PSK_T_DATA, ctx->data.p, ctx->data.len);
+    p11psk_frame_add_u16(&fr, P11PSK_T_OUTLEN, (uint16_t)outlen);
+    return p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen);
+}
+
+/* Handshake secret: salt = ES handle, key = (EC)DHE secret or absent (zeros). */
+static int tls13_extract(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+{
+    P11PSK_PROV_CTX *pc = ctx->provctx;
+    p11psk_frame fr;
+    p11psk_handle h;
+    int md;
+
+    if (p11psk_bytes_has_magic(&ctx->key)) {
+        P11PSK_RAISE(pc, P11PSK_R_HANDLE_MODE,
+                     "%s extract: a handle as key together with an early-secret handle as salt",
+                     ALG);
+        return 0;
+    }
+    if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
+        !p11psk_kdf_decode(pc, ALG " salt", ctx->salt.p, ctx->salt.len, P11PSK_HT_TLS13_ES, md,
+                           &h) ||
+        !need(ctx, &ctx->prefix, "a prefix") || !need(ctx, &ctx->label, "a label") ||
+        !check_hash_outlen(ctx, md, outlen))
+        return 0;
+    p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXTRACT);
+    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
+    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->salt.p, ctx->salt.len);
+    p11psk_frame_add(&fr, P11PSK_T_PREFIX, ctx->prefix.p, ctx->prefix.len);
+    p11psk_frame_add(&fr, P11PSK_T_LABEL, ctx->label.p, ctx->label.len);
+    if (ctx->key.p != NULL)
+        p11psk_frame_add(&fr, P11PSK_T_IKM, ctx->key.p, ctx->key.len);
+    return p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen);
+}
+
+static int tls13_delegate(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+{
+    OSSL_PARAM params[10], *p = params;
+
+    *p++ = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &ctx->mode);
+    if (ctx->digest != NULL)
+        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, ctx->digest, 0);
+    if (ctx->propq != NULL)
+        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_PROPERTIES, ctx->propq, 0);
+    if (ctx->key.p != NULL)
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, ctx->key.p, ctx->key.len);
+    if (ctx->salt.p != NULL)
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, ctx->salt.p, ctx->salt.len);
+    if (ctx->prefix.p != NULL)
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, ctx->prefix.p,
+                                                 ctx->prefix.len);
+    if (ctx->label.p != NULL)
+        *p++ =
+            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, ctx->label.p, ctx->label.len);
+    if (ctx->data.p != NULL)
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, ctx->data.p, ctx->data.len);
+    *p = OSSL_PARAM_construct_end();
+    return p11psk_kdf_delegate(ctx->provctx, ALG, params, out, outlen);
+}
+
+static int p11psk_tls13_kdf_derive(void *vctx, unsigned char *key, size_t keylen,
+                                   const OSSL_PARAM params[])
+{
+    P11PSK_TLS13_KDF_CTX *ctx = vctx;
+    int key_h, salt_h, data_h;
+
+    if (!p11psk_tls13_kdf_set_ctx_params(ctx, params))
+        return 0;
+    key_h = p11psk_bytes_has_magic(&ctx->key);
+    salt_h = p11psk_bytes_has_magic(&ctx->salt);
+    data_h = p11psk_bytes_has_magic(&ctx->data);
+    if (!key_h && !salt_h && !data_h)
+        return tls13_delegate(ctx, key, keylen);
+
+    p11psk_debug("%s: handle in %s, mode %s", ALG,
+                 key_h    ? "key"
+                 : salt_h ? "salt"
+                          : "data",
+                 mode_str(ctx->mode));
+    if (!data_h && ctx->mode == EVP_KDF_HKDF_MODE_EXTRACT_ONLY) {
+        if (salt_h)
+            return tls13_extract(ctx, key, keylen);
+        if (ctx->salt.p == NULL)
+            return tls13_early(ctx, key, keylen);
+    }
+    if (!data_h && !salt_h && ctx->mode == EVP_KDF_HKDF_MODE_EXPAND_ONLY)
+        return tls13_expand(ctx, key, keylen);
+    /* A handle is never raw key material, so no fallback to software here. */
+    P11PSK_RAISE(ctx->provctx, P11PSK_R_HANDLE_MODE, "%s %s with a handle in %s%s", ALG,
+                 mode_str(ctx->mode),
+                 data_h            ? "data"
+                 : key_h && salt_h ? "key and salt"
+                 : key_h           ? "key"
+                                   : "salt",
+                 key_h && !salt_h && ctx->salt.p != NULL ? " (with a salt)" : "");
+    return 0;
+}
+
+const OSSL_DISPATCH p11psk_tls13_kdf_functions[] = {
+    {OSSL_FUNC_KDF_NEWCTX, (void (*)(void))p11psk_tls13_kdf_new},
+    {OSSL_FUNC_KDF_DUPCTX, (void (*)(void))p11psk_tls13_kdf_dup},
+    {OSSL_FUNC_KDF_FREECTX, (void (*)(void))p11psk_tls13_kdf_free},
+    {OSSL_FUNC_KDF_RESET, (void (*)(void))p11psk_tls13_kdf_reset},
+    {OSSL_FUNC_KDF_DERIVE, (void (*)(void))p11psk_tls13_kdf_derive},
+    {OSSL_FUNC_KDF_SETTABLE_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_settable_ctx_params},
+    {OSSL_FUNC_KDF_SET_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_set_ctx_params},
+    {OSSL_FUNC_KDF_GETTABLE_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_gettable_ctx_params},
+    {OSSL_FUNC_KDF_GET_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_get_ctx_params},
+    {0, NULL}};

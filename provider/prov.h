@@ -1,0 +1,107 @@
+/* Shared by the provider's files: provider context, error reasons, raise macro, helpers. */
+#ifndef P11PSK_PROV_H
+#define P11PSK_PROV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/crypto.h>
+
+#include "p11psk/handle.h"
+#include "p11psk/wire.h"
+
+#define P11PSK_PROV_NAME "p11psk"
+#define P11PSK_PROV_PROPS "provider=p11psk,p11psk.handles=yes"
+/* Delegation query: an empty query would find these same KDFs again. */
+#define P11PSK_DELEGATE_PROPQ "provider!=p11psk"
+#define P11PSK_CONF_SOCKET "p11psk-socket"
+#define P11PSK_CONF_TIMEOUT "p11psk-timeout-ms"
+
+typedef struct p11psk_prov_ctx {
+    const OSSL_CORE_HANDLE *handle;
+    OSSL_LIB_CTX *libctx; /* child of the application's libctx, for delegation */
+    /*
+     * Set when openssl.cnf or the environment is invalid. The provider still loads and fails
+     * every handle operation with this text: were it not loaded, the default provider would
+     * take handles for raw keys.
+     */
+    char config_error[256];
+} P11PSK_PROV_CTX;
+
+/* Error reasons; the strings are registered with the core (provider.c). */
+enum p11psk_reason {
+    P11PSK_R_SERVICE_UNREACHABLE = 100,
+    P11PSK_R_SERVICE_TIMEOUT,
+    P11PSK_R_CONNECTION_LOST,
+    P11PSK_R_KEY_NOT_FOUND,
+    P11PSK_R_ACCESS_DENIED,
+    P11PSK_R_TOKEN_ERROR,
+    P11PSK_R_TOKEN_UNAVAILABLE,
+    P11PSK_R_BAD_HANDLE,
+    P11PSK_R_KEY_NOT_READABLE,
+    P11PSK_R_UNSUPPORTED,
+    P11PSK_R_POLICY,
+    P11PSK_R_PROTOCOL_ERROR,
+    P11PSK_R_INTERNAL,
+    P11PSK_R_HANDLE_MODE,
+    P11PSK_R_MISSING_PARAM,
+    P11PSK_R_BAD_PARAM,
+    P11PSK_R_BAD_CONFIG,
+    P11PSK_R_DELEGATE_FAILED,
+};
+
+/* err.c */
+void p11psk_err_init(const OSSL_DISPATCH *in);
+int p11psk_debug_enabled(void);
+void p11psk_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void p11psk_raise(const OSSL_CORE_HANDLE *handle, const char *file, int line, const char *func,
+                  int reason, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+const char *p11psk_reason_str(int reason); /* provider.c */
+
+/*
+ * Logs (stderr, only with P11PSK_DEBUG set) and pushes an OpenSSL error through the core, like
+ * ERR_raise_data. The data is for the operator: never key bytes or derived secrets.
+ */
+#define P11PSK_RAISE(pc, reason, ...)                                                              \
+    p11psk_raise((pc) != NULL ? (pc)->handle : NULL, OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC,     \
+                 (reason), __VA_ARGS__)
+
+/* conn.c: the per-process connection to p11pskd. */
+void p11psk_svc_ref(const char *path, int timeout_ms);
+void p11psk_svc_unref(void);
+/*
+ * Finishes and sends req, expects status OK with field outtag of exactly outlen bytes, copied
+ * to out. Raises the mapped error and returns 0 otherwise. req is cleansed in every case.
+ */
+int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, uint8_t *out,
+                    size_t outlen);
+
+/* kdf_common.c: parameter storage shared by the KDFs. p == NULL means "not set". */
+typedef struct {
+    unsigned char *p;
+    size_t len;
+} p11psk_bytes;
+
+int p11psk_bytes_set(p11psk_bytes *b, const OSSL_PARAM *p);
+int p11psk_bytes_append(p11psk_bytes *b, const OSSL_PARAM *p, size_t max);
+int p11psk_bytes_dup(p11psk_bytes *dst, const p11psk_bytes *src);
+void p11psk_bytes_clear(p11psk_bytes *b);
+int p11psk_str_set(char **s, const OSSL_PARAM *p);
+int p11psk_str_dup(char **dst, const char *src);
+int p11psk_bytes_has_magic(const p11psk_bytes *b);
+
+/* Resolves a DIGEST name for a handle operation; raises "unsupported" naming it. */
+int p11psk_kdf_md(const P11PSK_PROV_CTX *pc, const char *alg, const char *digest);
+/* Decodes a buffer known to carry the magic, wanting type (and digest md for ES handles). */
+int p11psk_kdf_decode(const P11PSK_PROV_CTX *pc, const char *what, const uint8_t *buf, size_t len,
+                      int type, int md, p11psk_handle *h);
+/* Runs alg from another provider (no handle involved). */
+int p11psk_kdf_delegate(const P11PSK_PROV_CTX *pc, const char *alg, const OSSL_PARAM params[],
+                        unsigned char *out, size_t outlen);
+
+extern const OSSL_DISPATCH p11psk_tls13_kdf_functions[];
+extern const OSSL_DISPATCH p11psk_tls1_prf_functions[];
+
+#endif

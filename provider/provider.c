@@ -1,0 +1,214 @@
+/*
+ * p11psk OpenSSL 3 provider: TLS13-KDF and TLS1-PRF that accept p11psk handles in place of
+ * raw PSKs and have p11pskd derive from the key in the PKCS#11 token. Calls without a handle
+ * are passed to another provider through a child library context.
+ */
+#define _GNU_SOURCE
+#include "prov.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+
+#include "p11psk/client.h"
+
+#ifndef P11PSK_VERSION
+#define P11PSK_VERSION "unknown"
+#endif
+
+#define P11PSK_TIMEOUT_MAX_MS 600000
+
+static const OSSL_ITEM p11psk_reasons[] = {
+    {P11PSK_R_SERVICE_UNREACHABLE, "service unreachable"},
+    {P11PSK_R_SERVICE_TIMEOUT, "service timed out"},
+    {P11PSK_R_CONNECTION_LOST, "service connection lost"},
+    {P11PSK_R_KEY_NOT_FOUND, "key not found"},
+    {P11PSK_R_ACCESS_DENIED, "access denied"},
+    {P11PSK_R_TOKEN_ERROR, "token error"},
+    {P11PSK_R_TOKEN_UNAVAILABLE, "token unavailable"},
+    {P11PSK_R_BAD_HANDLE, "bad handle"},
+    {P11PSK_R_KEY_NOT_READABLE, "key not readable"},
+    {P11PSK_R_UNSUPPORTED, "unsupported"},
+    {P11PSK_R_POLICY, "refused by policy"},
+    {P11PSK_R_PROTOCOL_ERROR, "protocol error"},
+    {P11PSK_R_INTERNAL, "internal error"},
+    {P11PSK_R_HANDLE_MODE, "handle not supported in this mode"},
+    {P11PSK_R_MISSING_PARAM, "missing parameter"},
+    {P11PSK_R_BAD_PARAM, "invalid parameter"},
+    {P11PSK_R_BAD_CONFIG, "invalid configuration"},
+    {P11PSK_R_DELEGATE_FAILED, "no provider to delegate to"},
+    {0, NULL}};
+
+const char *p11psk_reason_str(int reason)
+{
+    size_t i;
+
+    for (i = 0; p11psk_reasons[i].ptr != NULL; i++)
+        if (p11psk_reasons[i].id == (unsigned int)reason)
+            return p11psk_reasons[i].ptr;
+    return "error";
+}
+
+static const OSSL_ALGORITHM p11psk_kdfs[] = {
+    {"TLS13-KDF", P11PSK_PROV_PROPS, p11psk_tls13_kdf_functions,
+     "TLS 1.3 KDF accepting p11psk PSK handles"},
+    {"TLS1-PRF", P11PSK_PROV_PROPS, p11psk_tls1_prf_functions,
+     "TLS 1.0-1.2 PRF accepting p11psk PSK handles"},
+    {NULL, NULL, NULL, NULL}};
+
+static const OSSL_ALGORITHM *p11psk_query(void *provctx, int operation_id, int *no_cache)
+{
+    *no_cache = 0;
+    return operation_id == OSSL_OP_KDF ? p11psk_kdfs : NULL;
+}
+
+static const OSSL_ITEM *p11psk_get_reason_strings(void *provctx)
+{
+    return p11psk_reasons;
+}
+
+static const OSSL_PARAM *p11psk_gettable_params(void *provctx)
+{
+    static const OSSL_PARAM gettable[] = {OSSL_PARAM_utf8_ptr(OSSL_PROV_PARAM_NAME, NULL, 0),
+                                          OSSL_PARAM_utf8_ptr(OSSL_PROV_PARAM_VERSION, NULL, 0),
+                                          OSSL_PARAM_utf8_ptr(OSSL_PROV_PARAM_BUILDINFO, NULL, 0),
+                                          OSSL_PARAM_int(OSSL_PROV_PARAM_STATUS, NULL),
+                                          OSSL_PARAM_END};
+
+    return gettable;
+}
+
+static int p11psk_get_params(void *provctx, OSSL_PARAM params[])
+{
+    OSSL_PARAM *p;
+
+    p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME);
+    if (p != NULL && !OSSL_PARAM_set_utf8_ptr(p, P11PSK_PROV_NAME))
+        return 0;
+    p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION);
+    if (p != NULL && !OSSL_PARAM_set_utf8_ptr(p, P11PSK_VERSION))
+        return 0;
+    p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_BUILDINFO);
+    if (p != NULL && !OSSL_PARAM_set_utf8_ptr(p, "p11psk " P11PSK_VERSION))
+        return 0;
+    p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS);
+    if (p != NULL && !OSSL_PARAM_set_int(p, 1))
+        return 0;
+    return 1;
+}
+
+static void p11psk_teardown(void *vctx)
+{
+    P11PSK_PROV_CTX *pc = vctx;
+
+    if (pc == NULL)
+        return;
+    p11psk_svc_unref();
+    OSSL_LIB_CTX_free(pc->libctx);
+    OPENSSL_free(pc);
+}
+
+static const OSSL_DISPATCH p11psk_dispatch[] = {
+    {OSSL_FUNC_PROVIDER_TEARDOWN, (void (*)(void))p11psk_teardown},
+    {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, (void (*)(void))p11psk_gettable_params},
+    {OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))p11psk_get_params},
+    {OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))p11psk_query},
+    {OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, (void (*)(void))p11psk_get_reason_strings},
+    {0, NULL}};
+
+/*
+ * Socket path and timeout: openssl.cnf provider section, then P11PSK_SOCKET/_TIMEOUT_MS.
+ * Returns 0 with a message in err when a value is invalid (path and timeout stay usable).
+ */
+static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, char *path,
+                       size_t pathcap, int *timeout_ms, char *err, size_t errcap)
+{
+    OSSL_FUNC_core_get_params_fn *c_get_params = NULL;
+    const char *cfg_path = NULL, *cfg_timeout = NULL, *env;
+    const char *path_src = P11PSK_CONF_SOCKET, *timeout_src = P11PSK_CONF_TIMEOUT;
+    char *end;
+    long t;
+    int ok = 1;
+
+    for (; in->function_id != 0; in++)
+        if (in->function_id == OSSL_FUNC_CORE_GET_PARAMS)
+            c_get_params = OSSL_FUNC_core_get_params(in);
+    if (c_get_params != NULL) {
+        OSSL_PARAM params[] = {OSSL_PARAM_utf8_ptr(P11PSK_CONF_SOCKET, (char **)&cfg_path, 0),
+                               OSSL_PARAM_utf8_ptr(P11PSK_CONF_TIMEOUT, (char **)&cfg_timeout, 0),
+                               OSSL_PARAM_END};
+
+        if (!c_get_params(handle, params))
+            cfg_path = cfg_timeout = NULL;
+    }
+    if ((env = secure_getenv("P11PSK_SOCKET")) != NULL && env[0] != '\0') {
+        cfg_path = env;
+        path_src = "P11PSK_SOCKET";
+    }
+    if ((env = secure_getenv("P11PSK_TIMEOUT_MS")) != NULL && env[0] != '\0') {
+        cfg_timeout = env;
+        timeout_src = "P11PSK_TIMEOUT_MS";
+    }
+
+    if (cfg_path == NULL || cfg_path[0] == '\0')
+        cfg_path = P11PSK_DEFAULT_SOCKET;
+    if (strlen(cfg_path) >= pathcap) {
+        snprintf(err, errcap, "%s: socket path longer than %zu bytes", path_src, pathcap - 1);
+        cfg_path = P11PSK_DEFAULT_SOCKET;
+        ok = 0;
+    }
+    snprintf(path, pathcap, "%s", cfg_path);
+
+    *timeout_ms = P11PSK_DEFAULT_TIMEOUT_MS;
+    if (cfg_timeout != NULL) {
+        errno = 0;
+        t = strtol(cfg_timeout, &end, 10);
+        if (errno != 0 || end == cfg_timeout || *end != '\0' || t <= 0 ||
+            t > P11PSK_TIMEOUT_MAX_MS) {
+            if (ok)
+                snprintf(err, errcap, "%s \"%.64s\": expected milliseconds in 1..%d", timeout_src,
+                         cfg_timeout, P11PSK_TIMEOUT_MAX_MS);
+            ok = 0;
+        } else {
+            *timeout_ms = (int)t;
+        }
+    }
+    return ok;
+}
+
+__attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
+                                                              const OSSL_DISPATCH *in,
+                                                              const OSSL_DISPATCH **out,
+                                                              void **provctx)
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    P11PSK_PROV_CTX *pc;
+    int timeout_ms;
+
+    p11psk_err_init(in);
+    pc = OPENSSL_zalloc(sizeof(*pc));
+    if (pc == NULL)
+        return 0;
+    pc->handle = handle;
+    if (!read_config(handle, in, path, sizeof(path), &timeout_ms, pc->config_error,
+                     sizeof(pc->config_error)))
+        p11psk_debug("invalid configuration: %s", pc->config_error);
+    /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
+    pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
+    if (pc->libctx == NULL) {
+        P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context");
+        OPENSSL_free(pc);
+        return 0;
+    }
+    p11psk_svc_ref(path, timeout_ms);
+    p11psk_debug("provider %s loaded: socket %s, timeout %d ms", P11PSK_VERSION, path, timeout_ms);
+    *out = p11psk_dispatch;
+    *provctx = pc;
+    return 1;
+}
