@@ -17,7 +17,8 @@ h=$(handle_of gnutls)
 printf 'Client_identity:%s\n' "$raw" >"$T/gnutls.psk"
 
 P13='NORMAL:-VERS-ALL:+VERS-TLS1.3:+PSK:+ECDHE-PSK:+DHE-PSK'
-P12='NORMAL:-VERS-ALL:+VERS-TLS1.2:-KX-ALL:+PSK:+ECDHE-PSK'
+# NORMAL has no SHA-256 MAC; the CBC-SHA256 suites need it added.
+P12='NORMAL:-VERS-ALL:+VERS-TLS1.2:-KX-ALL:+PSK:+ECDHE-PSK:+SHA256'
 
 # gnutls-serv (raw, --echo) against s_client on the handle.
 gnutls_server_case() {
@@ -32,7 +33,7 @@ gnutls_server_case() {
     PIDS+=("$spid")
     wait_port "$port" "$spid" || { fail "$name: gnutls-serv did not listen"; return; }
     got=$({ printf '%s\n' "$msg"; sleep 1; } | OPENSSL_CONF=$T/openssl.cnf timeout 20 \
-        openssl s_client -connect "127.0.0.1:$port" -psk "$h" -quiet "$@" 2>"$T/client.err" |
+        openssl s_client -connect "127.0.0.1:$port" -psk "$h" -quiet -no_ign_eof "$@" 2>"$T/client.err" |
         head -n 1) || true
     kill "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
@@ -75,4 +76,7 @@ gnutls_client_case "tls12 PSK: gnutls-cli raw, s_server handle" "$P12" -tls1_2 \
     -cipher PSK-AES128-GCM-SHA256
 gnutls_server_case "tls12 ECDHE-PSK: gnutls-serv raw, s_client handle" "$P12" -tls1_2 \
     -cipher ECDHE-PSK-AES128-CBC-SHA256
+# No gnutls-cli case for TLS 1.2 ECDHE-PSK: gnutls-cli 3.7.9 segfaults in
+# gnutls_psk_server_get_username() while printing session info, even against a
+# plain openssl s_server.
 finish

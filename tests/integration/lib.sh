@@ -29,7 +29,8 @@ cleanup() {
     if [ "$rc" -ne 0 ] && [ -f "$T/p11pskd.log" ]; then
         echo "--- p11pskd log (last 30 lines)"; tail -n 30 "$T/p11pskd.log"
     fi
-    rm -rf "$T"
+    # P11PSK_KEEP=1 keeps the temp dir (token, logs) for debugging.
+    if [ -n "${P11PSK_KEEP:-}" ]; then echo "kept $T" >&2; else rm -rf "$T"; fi
     exit "$rc"
 }
 trap cleanup EXIT
