@@ -56,7 +56,7 @@ echo "   handle: $HANDLE"
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$D/p11psk.sock" ] && break; sleep 0.05; done
 
-PORT=$((20000 + RANDOM % 20000))
+PORT=$((20000 + RANDOM % 12000))
 echo "== s_server on 127.0.0.1:$PORT holds the raw key (no provider)"
 OPENSSL_CONF=/dev/null timeout 30 openssl s_server -accept "127.0.0.1:$PORT" -nocert \
     -psk "$RAW" -rev -naccept 1 >"$D/server.out" 2>&1 &
@@ -67,8 +67,8 @@ echo "== s_client uses only the handle, through p11psk (OPENSSL_CONF=$D/openssl.
 GOT=$(printf 'hello through p11psk\nCLOSE\n' | OPENSSL_CONF=$D/openssl.cnf timeout 30 \
     openssl s_client -connect "127.0.0.1:$PORT" -psk "$HANDLE" -ign_eof 2>&1) || true
 echo "$GOT" | grep -E 'New, TLSv1.3|Cipher is' | head -n 1 | sed 's/^/   /'
-if echo "$GOT" | grep -q 'ossp11p hguorht olleh'; then
-    echo "   server answered: ossp11p hguorht olleh"
+if echo "$GOT" | grep -q 'ksp11p hguorht olleh'; then
+    echo "   server answered: ksp11p hguorht olleh"
     echo "== p11pskd served:"
     grep -E 'tls13' "$D/p11pskd.log" | sed 's/^/   /'
     echo "OK: TLS 1.3 PSK handshake with the key kept in the token."

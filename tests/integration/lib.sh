@@ -43,6 +43,17 @@ fail() { FAILS=$((FAILS + 1)); log "FAIL: $*"; }
 
 # Prints the totals and sets the exit status; call last.
 finish() {
+    # A clean daemon exit, and (in the sanitizer build) no ASan/UBSan/LSan report.
+    if [ -n "$DAEMON_PID" ]; then
+        kill "$DAEMON_PID" 2>/dev/null || true
+        wait "$DAEMON_PID" 2>/dev/null && pass "p11pskd exited cleanly" ||
+            fail "p11pskd exit status $? on SIGTERM"
+        DAEMON_PID=
+    fi
+    if [ -f "$T/p11pskd.log" ] &&
+        grep -q -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$T/p11pskd.log"; then
+        fail "sanitizer report in p11pskd log: $(grep -m1 -E 'Sanitizer|runtime error' "$T/p11pskd.log")"
+    fi
     echo "$PASSES passed, $FAILS failed"
     [ "$FAILS" -eq 0 ]
 }
@@ -100,7 +111,8 @@ EOC
 allow_rule() { printf '%s\n' "$*" >>"$T/p11pskd.conf"; }
 
 start_daemon() {
-    "$BIN/p11pskd" --config "$T/p11pskd.conf" --foreground >>"$T/p11pskd.log" 2>&1 &
+    ASAN_OPTIONS=${P11PSK_OWN_ASAN_OPTIONS:-${ASAN_OPTIONS:-}} \
+        "$BIN/p11pskd" --config "$T/p11pskd.conf" --foreground >>"$T/p11pskd.log" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
     for _ in $(seq 100); do
@@ -155,12 +167,13 @@ add_hex() {
 
 handle_of() { "$BIN/p11psk" --config "$T/p11pskd.conf" handle "$1"; }
 
-# free_port: a loopback TCP port nobody listens on.
+# free_port: a port no TCP or UDP socket uses, below the kernel's ephemeral range
+# (32768-60999) so that no outgoing connection can take it before the server binds.
 free_port() {
     local p
     for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 20000))
-        if ! ss -Hltn "sport = :$p" | grep -q .; then
+        p=$((20000 + RANDOM % 12000))
+        if ! ss -Htuan "sport = :$p" | grep -q .; then
             echo "$p"
             return 0
         fi
