@@ -1,4 +1,4 @@
-/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rm). */
+/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rm, migrate). */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "config.h"
 #include "p11psk/handle.h"
 #include "token.h"
@@ -26,6 +27,8 @@ static const char usage_main[] =
     "  handle ID                                           print the handle of key ID\n"
     "  list                                                list the keys\n"
     "  rm ID                                               remove the key(s) labelled ID\n"
+    "  migrate --stunnel FILE | --mosquitto FILE           move a PSK file's keys into the\n"
+    "                                                      token, leave handles in the file\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE  configuration file (default $" P11PSK_CONF_ENV " or " P11PSK_DEFAULT_CONF
@@ -91,7 +94,7 @@ static int cmd_help_only(int argc, char **argv, const char *usage)
     return 0;
 }
 
-static int open_token(const p11psk_config *cfg, int rw, p11psk_token **tok)
+int p11psk_cli_open_token(const p11psk_config *cfg, int rw, p11psk_token **tok)
 {
     p11psk_token_params prm;
     p11psk_err err;
@@ -108,10 +111,9 @@ static int open_token(const p11psk_config *cfg, int rw, p11psk_token **tok)
     return 1;
 }
 
-static int print_handle(const p11psk_key *k)
+int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 1])
 {
     uint8_t hb[P11PSK_HANDLE_LEN];
-    char hex[2 * P11PSK_HANDLE_LEN + 1];
     p11psk_handle h;
 
     if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX) {
@@ -130,6 +132,15 @@ static int print_handle(const p11psk_key *k)
         return 0;
     }
     p11psk_hex_encode(hb, sizeof(hb), hex);
+    return 1;
+}
+
+static int print_handle(const p11psk_key *k)
+{
+    char hex[P11PSK_HANDLE_HEX_LEN + 1];
+
+    if (!p11psk_cli_handle_hex(k, hex))
+        return 0;
     printf("%s\n", hex);
     return 1;
 }
@@ -229,7 +240,7 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
         die_usage(usage_add, "%s", "ID must not be empty");
     if (hexfile != NULL && !read_hex_file(hexfile, &val, &vlen))
         return 1;
-    if (!open_token(cfg, 1, &tok))
+    if (!p11psk_cli_open_token(cfg, 1, &tok))
         goto out;
     if (p11psk_token_list(tok, nk.label, &found, &n, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s\n", err.msg);
@@ -273,7 +284,7 @@ static int keys_for_label(const p11psk_config *cfg, int argc, char **argv, const
         exit(0);
     if (optind + 1 != argc)
         die_usage(usage, "%s needs exactly one ID", argv[0]);
-    if (!open_token(cfg, rw, tok))
+    if (!p11psk_cli_open_token(cfg, rw, tok))
         return 0;
     if (p11psk_token_list(*tok, argv[optind], keys, n, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s\n", err.msg);
@@ -349,7 +360,7 @@ static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
         return 0;
     if (optind != argc)
         die_usage(usage_list, "list takes no arguments, got '%s'", argv[optind]);
-    if (!open_token(cfg, 0, &tok))
+    if (!p11psk_cli_open_token(cfg, 0, &tok))
         return 1;
     if (p11psk_token_list(tok, NULL, &keys, &n, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s\n", err.msg);
@@ -388,6 +399,7 @@ int main(int argc, char **argv)
         {"handle", cmd_handle, usage_handle},
         {"list", cmd_list, usage_list},
         {"rm", cmd_rm, usage_rm},
+        {"migrate", p11psk_cli_migrate, p11psk_usage_migrate},
     };
     const char *conf_arg = NULL;
     p11psk_config cfg;
