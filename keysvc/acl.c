@@ -140,17 +140,29 @@ int p11psk_acl_add(p11psk_acl *acl, const char *text, const char *where, char *e
     return 1;
 }
 
-const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident, uid_t uid,
-                                        gid_t gid)
+static int in_group(const p11psk_acl_peer *peer, gid_t gid)
+{
+    size_t i;
+
+    if (peer->gid == gid)
+        return 1;
+    for (i = 0; i < peer->ngroups; i++)
+        if (peer->groups[i] == gid)
+            return 1;
+    return 0;
+}
+
+const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
+                                        const p11psk_acl_peer *peer)
 {
     size_t i;
 
     for (i = 0; i < acl->n; i++) {
         const p11psk_acl_rule *r = &acl->rules[i];
 
-        if (r->has_uid && r->uid != uid)
+        if (r->has_uid && r->uid != peer->uid)
             continue;
-        if (r->has_gid && r->gid != gid)
+        if (r->has_gid && !in_group(peer, r->gid))
             continue;
         if (fnmatch(r->glob, ident, 0) == 0)
             return r;

@@ -3,7 +3,9 @@
  *
  * Rule text (after "allow"):  IDENT-GLOB [uid=NAME|NUM] [gid=NAME|NUM]
  * A rule matches when fnmatch(IDENT-GLOB, key label) matches and every condition given
- * matches the peer's SO_PEERCRED credentials; a rule without conditions matches everyone.
+ * matches the peer's credentials; a rule without conditions matches everyone. gid= matches
+ * the peer's primary group (SO_PEERCRED) or any supplementary group (SO_PEERGROUPS), as
+ * file permissions do.
  * Conditions are key=value words parsed from a table so later policy keys slot in.
  */
 #ifndef P11PSK_KEYSVC_ACL_H
@@ -30,9 +32,17 @@ typedef struct {
 /* Parses one rule's text and appends it. Returns 1, or 0 with a message naming the fix. */
 int p11psk_acl_add(p11psk_acl *acl, const char *text, const char *where, char *err, size_t errlen);
 
-/* Returns the matching rule, or NULL when the peer may not use the key. */
-const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident, uid_t uid,
-                                        gid_t gid);
+/* The peer as the socket reports it. */
+typedef struct {
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups; /* supplementary groups */
+    size_t ngroups;
+} p11psk_acl_peer;
+
+/* Returns the first matching rule, or NULL when the peer may not use the key. */
+const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
+                                        const p11psk_acl_peer *peer);
 
 void p11psk_acl_free(p11psk_acl *acl);
 

@@ -116,7 +116,7 @@ static int set_group(p11psk_config *cfg, const char *v, char *err, size_t errlen
 static int apply(p11psk_config *cfg, const char *key, const char *v, const char *where, char *err,
                  size_t errlen)
 {
-    int lvl;
+    int lvl, ok;
 
     if (strcmp(key, "allow") == 0)
         return p11psk_acl_add(&cfg->acl, v, where, err, errlen);
@@ -124,6 +124,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         snprintf(err, errlen, "'%s' needs a value: %s = VALUE", key, key);
         return 0;
     }
+    if (p11psk_policy_set(&cfg->policy, key, v, &ok, err, errlen))
+        return ok;
     if (strcmp(key, "module") == 0)
         return set_str(&cfg->module, v, err, errlen);
     if (strcmp(key, "token") == 0)
@@ -156,7 +158,7 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
     }
     snprintf(err, errlen,
              "unknown key '%s'; known keys: module, token, pin-source, socket, socket-mode, "
-             "socket-group, log-level, allow",
+             "socket-group, log-level, allow, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }
@@ -219,6 +221,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     memset(cfg, 0, sizeof(*cfg));
     cfg->socket_mode = 0660;
     cfg->log_level = P11PSK_LOG_INFO;
+    p11psk_policy_defaults(&cfg->policy);
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
         !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen))

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include "acl.h"
+#include "policy.h"
 
 #define P11PSK_DEFAULT_CONF "/etc/p11psk/p11pskd.conf"
 #define P11PSK_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
@@ -22,6 +23,7 @@ typedef struct {
     gid_t socket_gid;
     int log_level; /* P11PSK_LOG_* */
     p11psk_acl acl;
+    p11psk_policy policy;
 } p11psk_config;
 
 /* The file to read: arg if given, else $P11PSK_CONF, else the default. */

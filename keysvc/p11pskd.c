@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,8 @@
 #include "log.h"
 #include "server.h"
 #include "token.h"
+
+#define P11PSK_SECURE_HEAP (256 * 1024)
 
 static void usage(FILE *f)
 {
@@ -101,6 +104,19 @@ static void daemonize(void)
     }
 }
 
+/* No core dumps and no ptrace by the same uid; PINs and key values go to OpenSSL's
+ * secure heap, which is locked in RAM and left out of dumps. */
+static void harden_memory(void)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        p11psk_log(P11PSK_LOG_WARN, "prctl(PR_SET_DUMPABLE, 0): %s", strerror(errno));
+    if (CRYPTO_secure_malloc_init(P11PSK_SECURE_HEAP, 16) == 0)
+        p11psk_log(P11PSK_LOG_WARN,
+                   "cannot set up a locked secure heap of %d KiB; raise LimitMEMLOCK / "
+                   "RLIMIT_MEMLOCK so that key values cannot be swapped out",
+                   P11PSK_SECURE_HEAP / 1024);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -153,6 +169,7 @@ int main(int argc, char **argv)
     if (!fg)
         daemonize();
     p11psk_log_open("p11pskd", !fg, cfg.log_level);
+    harden_memory();
 
     if ((lfd = p11psk_server_listen(&cfg, err, sizeof(err))) < 0) {
         p11psk_log(P11PSK_LOG_ERROR, "%s", err);

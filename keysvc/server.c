@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -131,9 +132,14 @@ fail:
 
 /* ---- connections ---- */
 
+#define CONN_GROUPS_MAX 64
+
 typedef struct {
     int fd;
     struct ucred cred;
+    gid_t groups[CONN_GROUPS_MAX]; /* supplementary groups (SO_PEERGROUPS) */
+    size_t ngroups;
+    char exe[256]; /* /proc/PID/exe at connect time, for the audit log */
     uint8_t in[P11PSK_WIRE_HDR + P11PSK_WIRE_MAX];
     size_t inlen;
     size_t need; /* whole frame size once the header is in, else 0 */
@@ -148,6 +154,8 @@ typedef struct {
     p11psk_ladder *lad;
     conn *conns[P11PSK_SERVER_MAX_CONNS];
     size_t nconns;
+    p11psk_ratelimit rate;
+    int lock_warned;
 } server;
 
 /* What one request did, for its response and its log line. */
@@ -174,12 +182,35 @@ static long usec_since(const struct timespec *t0)
     return (t1.tv_sec - t0->tv_sec) * 1000000L + (t1.tv_nsec - t0->tv_nsec) / 1000L;
 }
 
+/* Connection buffers carry (EC)DHE secrets and derived keys: their pages are locked in
+ * RAM and left out of core dumps. */
+static conn *conn_new(server *s)
+{
+    size_t len = (sizeof(conn) + 4095) & ~(size_t)4095;
+    conn *c = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (c == MAP_FAILED)
+        return NULL;
+    madvise(c, len, MADV_DONTDUMP);
+    if (mlock(c, len) != 0 && !s->lock_warned) {
+        s->lock_warned = 1;
+        p11psk_log(P11PSK_LOG_WARN,
+                   "cannot lock connection buffers in memory (%s); raise LimitMEMLOCK / "
+                   "RLIMIT_MEMLOCK so that secrets cannot be swapped out",
+                   strerror(errno));
+    }
+    return c; /* mmap gives zeroed pages */
+}
+
 static void conn_free(conn *c)
 {
+    size_t len = (sizeof(conn) + 4095) & ~(size_t)4095;
+
     close(c->fd);
     OPENSSL_cleanse(c->in, sizeof(c->in)); /* requests may carry (EC)DHE secrets */
     p11psk_frame_cleanse(&c->out);
-    free(c);
+    munlock(c, len);
+    munmap(c, len);
 }
 
 static int fail(outcome *o, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -198,6 +229,15 @@ static int fail(outcome *o, int status, const char *fmt, ...)
     return status;
 }
 
+static int all_zero(const uint8_t *p, size_t n)
+{
+    uint8_t acc = 0;
+
+    while (n-- > 0)
+        acc |= *p++;
+    return acc == 0;
+}
+
 static int field_eq(const p11psk_field *f, const char *s)
 {
     return f->present && f->len == strlen(s) && memcmp(f->p, s, f->len) == 0;
@@ -208,6 +248,7 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
                    outcome *o)
 {
     const p11psk_field *hf = &m->f[P11PSK_T_HANDLE];
+    p11psk_acl_peer peer;
     p11psk_handle h;
     uint8_t d;
     int rc, st;
@@ -218,6 +259,13 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
         return fail(o, P11PSK_ST_BAD_REQUEST, "missing HANDLE field");
     if (p11psk_md_size(d) == 0)
         return fail(o, P11PSK_ST_UNSUPPORTED, "digest id %u not supported (SHA256 or SHA384)", d);
+    if (!p11psk_policy_digest_ok(&s->cfg->policy, d)) {
+        char allowed[32];
+
+        p11psk_policy_digests_str(&s->cfg->policy, allowed, sizeof(allowed));
+        return fail(o, P11PSK_ST_POLICY, "%s is not in `digests = %s` (%s)", p11psk_md_name(d),
+                    allowed, s->cfg->path);
+    }
     *md = d;
     rc = p11psk_handle_decode(hf->p, hf->len, &h);
     if (rc != P11PSK_HANDLE_OK)
@@ -235,9 +283,17 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
     if (st != P11PSK_ST_OK)
         return st;
     snprintf(o->ident, sizeof(o->ident), "%s", key->label);
-    if (p11psk_acl_check(&s->cfg->acl, key->label, c->cred.uid, c->cred.gid) == NULL)
-        return fail(o, P11PSK_ST_ACCESS_DENIED, "uid %lu gid %lu may not use '%s'",
-                    (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, key->label);
+    peer.uid = c->cred.uid;
+    peer.gid = c->cred.gid;
+    peer.groups = c->groups;
+    peer.ngroups = c->ngroups;
+    if (p11psk_acl_check(&s->cfg->acl, key->label, &peer) == NULL)
+        return fail(o, P11PSK_ST_ACCESS_DENIED,
+                    "uid %lu gid %lu may not use '%s'; add an allow rule to %s",
+                    (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, key->label,
+                    s->cfg->path);
+    if (!s->cfg->policy.readable_keys)
+        key->readable = 0; /* strict HSM mode: ladder step 3 never runs */
     return P11PSK_ST_OK;
 }
 
@@ -259,6 +315,14 @@ static int with_key(server *s, conn *c, const p11psk_msg *m, int want_type, key_
         if (st != P11PSK_ST_OK)
             return st;
         st = fn(s, m, &key, md, resp, o);
+        if (st == P11PSK_ST_NEED_READABLE && !s->cfg->policy.readable_keys) {
+            char why[sizeof(o->err.msg)];
+
+            snprintf(why, sizeof(why), "%s", o->err.msg);
+            fail(o, P11PSK_ST_POLICY, "readable-keys = no (%s) forbids reading key values: %s",
+                 s->cfg->path, why);
+            st = P11PSK_ST_POLICY;
+        }
         if (st == P11PSK_ST_TOKEN && p11psk_ckr_stale_handle(o->err.ckr) && attempt == 0) {
             p11psk_token_forget(s->tok, key.id, key.idlen);
             continue;
@@ -405,6 +469,14 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
             p11psk_handle_has_magic(m->f[P11PSK_T_IKM].p, m->f[P11PSK_T_IKM].len))
             return fail(o, P11PSK_ST_BAD_HANDLE,
                         "IKM carries the p11psk handle magic; a handle is never key material");
+        /* psk_ke: no (EC)DHE input, so the handshake secret would be a PSK-equivalent
+         * in the application. */
+        if (!s->cfg->policy.allow_psk_ke &&
+            (!m->f[P11PSK_T_IKM].present || all_zero(m->f[P11PSK_T_IKM].p, m->f[P11PSK_T_IKM].len)))
+            return fail(o, P11PSK_ST_POLICY,
+                        "TLS 1.3 psk_ke (PSK without (EC)DHE) is refused by allow-psk-ke = no "
+                        "(%s); let the peers use psk_dhe_ke, or set allow-psk-ke = yes",
+                        s->cfg->path);
         return with_key(s, c, m, P11PSK_HT_TLS13_ES, do_extract, resp, o);
     case P11PSK_OP_TLS12_PRF:
         if (!need(m, P11PSK_T_OTHER, "OTHER", o) || !need(m, P11PSK_T_SEED, "SEED", o) ||
@@ -420,8 +492,8 @@ static void log_outcome(const conn *c, const outcome *o, long us)
     int ok = o->err.status == P11PSK_ST_OK;
 
     p11psk_log(ok ? P11PSK_LOG_INFO : P11PSK_LOG_WARN,
-               "pid=%ld uid=%lu gid=%lu op=%s key=%s result=%s%s%s%s%s latency=%ldus",
-               (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid,
+               "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s latency=%ldus",
+               (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, c->exe,
                p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", p11psk_status_str(o->err.status),
                ok ? "" : " (", ok ? "" : o->err.msg, ok ? "" : ")",
                o->step ? (o->step == P11PSK_STEP_TOKEN ? " step=token" : " step=value") : "", us);
@@ -445,8 +517,13 @@ static void respond(server *s, conn *c, int header_rc)
     } else if ((rc = p11psk_msg_parse(c->in + P11PSK_WIRE_HDR, c->need - P11PSK_WIRE_HDR, &m)) !=
                P11PSK_WIRE_OK) {
         st = fail(&o, P11PSK_ST_BAD_REQUEST, "malformed request: %s", p11psk_wire_strerror(rc));
+    } else if (o.op = m.code,
+               !p11psk_ratelimit_take(&s->rate, s->cfg->policy.rate_limit, c->cred.uid,
+                                      (uint64_t)t0.tv_sec * 1000000u + (uint64_t)t0.tv_nsec / 1000u)) {
+        st = fail(&o, P11PSK_ST_POLICY,
+                  "rate limit: uid %lu made more than %u requests per second (rate-limit in %s)",
+                  (unsigned long)c->cred.uid, s->cfg->policy.rate_limit, s->cfg->path);
     } else {
-        o.op = m.code;
         st = serve(s, c, &m, &c->out, &o);
     }
     o.err.status = st;
@@ -522,6 +599,28 @@ static int conn_read(server *s, conn *c)
     return conn_flush(c);
 }
 
+/* Supplementary groups and executable: for group rules and the audit log. */
+static void peer_details(conn *c)
+{
+    socklen_t len = sizeof(c->groups);
+    char path[64];
+    ssize_t n;
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &len) == 0)
+        c->ngroups = len / sizeof(gid_t);
+    else
+        c->ngroups = 0; /* more than CONN_GROUPS_MAX: only the primary group counts */
+    snprintf(path, sizeof(path), "/proc/%ld/exe", (long)c->cred.pid);
+    n = readlink(path, c->exe, sizeof(c->exe) - 1);
+    if (n <= 0)
+        snprintf(c->exe, sizeof(c->exe), "?");
+    else
+        c->exe[n] = '\0';
+    for (n = 0; c->exe[n] != '\0'; n++) /* one token in the log line */
+        if (c->exe[n] == ' ' || (unsigned char)c->exe[n] < 0x20)
+            c->exe[n] = '_';
+}
+
 static void accept_all(server *s, int lfd)
 {
     socklen_t len;
@@ -543,7 +642,7 @@ static void accept_all(server *s, int lfd)
             close(fd);
             continue;
         }
-        if ((c = calloc(1, sizeof(*c))) == NULL) {
+        if ((c = conn_new(s)) == NULL) {
             p11psk_log(P11PSK_LOG_ERROR, "refusing connection: out of memory");
             close(fd);
             continue;
@@ -556,6 +655,7 @@ static void accept_all(server *s, int lfd)
             conn_free(c);
             continue;
         }
+        peer_details(c);
         s->conns[s->nconns++] = c;
     }
 }
@@ -571,6 +671,7 @@ int p11psk_server_run(const p11psk_config *cfg, p11psk_token *tok, p11psk_ladder
     int rc = 0;
 
     memset(&s, 0, sizeof(s));
+    p11psk_ratelimit_init(&s.rate);
     s.cfg = cfg;
     s.tok = tok;
     s.lad = lad;
@@ -629,6 +730,7 @@ int p11psk_server_run(const p11psk_config *cfg, p11psk_token *tok, p11psk_ladder
     for (i = 0; i < s.nconns; i++)
         conn_free(s.conns[i]);
     s.nconns = 0;
+    p11psk_ratelimit_destroy(&s.rate);
     sigprocmask(SIG_UNBLOCK, &block, NULL);
     if (stop_signal)
         p11psk_log(P11PSK_LOG_INFO, "stopping on signal %d", (int)stop_signal);
