@@ -487,14 +487,23 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
     return fail(o, P11PSK_ST_BAD_REQUEST, "unknown operation 0x%02x", m->code);
 }
 
+/* The audit line: one per request, key=value words; result is one word and the reason
+ * follows in parentheses. Never key bytes. */
 static void log_outcome(const conn *c, const outcome *o, long us)
 {
     int ok = o->err.status == P11PSK_ST_OK;
+    char result[48];
+    size_t i;
+
+    snprintf(result, sizeof(result), "%s", p11psk_status_str(o->err.status));
+    for (i = 0; result[i] != '\0'; i++)
+        if (result[i] == ' ')
+            result[i] = '-';
 
     p11psk_log(ok ? P11PSK_LOG_INFO : P11PSK_LOG_WARN,
                "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s latency=%ldus",
                (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, c->exe,
-               p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", p11psk_status_str(o->err.status),
+               p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", result,
                ok ? "" : " (", ok ? "" : o->err.msg, ok ? "" : ")",
                o->step ? (o->step == P11PSK_STEP_TOKEN ? " step=token" : " step=value") : "", us);
 }

@@ -10,6 +10,7 @@ SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 T=$(mktemp -d /tmp/p11psk-it.XXXXXX)
 chmod 0755 "$T"
 PIDS=()
+ON_EXIT=() # extra cleanup commands (eval'd), e.g. removing throwaway users
 FAILS=0
 PASSES=0
 TOKEN_LABEL=p11psk-test
@@ -25,6 +26,9 @@ cleanup() {
         # Bounded: give each process up to 2 s, then SIGKILL.
         for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$p" 2>/dev/null || true
+    done
+    for p in "${ON_EXIT[@]}"; do
+        eval "$p" || true
     done
     if [ "$rc" -ne 0 ] && [ -f "$T/p11pskd.log" ]; then
         echo "--- p11pskd log (last 30 lines)"; tail -n 30 "$T/p11pskd.log"
@@ -130,6 +134,18 @@ stop_daemon() {
     DAEMON_PID=
 }
 
+# skip REASON: ctest reports the test as skipped (SKIP_RETURN_CODE 77).
+skip() { log "SKIP: $*"; exit 77; }
+
+# as_user CMD...: runs CMD as $RUN_AS (a user name) with its groups, or as we are.
+as_user() {
+    if [ -n "${RUN_AS:-}" ]; then
+        setpriv --reuid="$RUN_AS" --regid="$(id -g "$RUN_AS")" --init-groups "$@"
+    else
+        "$@"
+    fi
+}
+
 # rand_hex N: N random bytes as hex.
 rand_hex() { openssl rand -hex "$1"; }
 
@@ -198,7 +214,7 @@ ossl_conf() { [ "$1" = handle ] && echo "$T/openssl.cnf" || echo "$T/plain.cnf";
 # s_server -rev against s_client; succeeds if a line makes the round trip (reversed),
 # which proves both sides derived the same keys. A KEY of the form session:FILE uses
 # -psk_session FILE instead of -psk. Leaves the peers' output in $T/server.out and
-# $T/client.err, and a reason in $REASON.
+# $T/client.err, and a reason in $REASON. With RUN_AS=USER the client runs as USER.
 run_pair() {
     local skind=$1 skey=$2 ckind=$3 ckey=$4
     shift 4
@@ -214,7 +230,7 @@ run_pair() {
         REASON="s_server did not listen: $(tail -n 3 "$T/server.out" | tr '\n' ' ')"
         return 1
     fi
-    got=$(printf '%s\nCLOSE\n' "$msg" | OPENSSL_CONF=$(ossl_conf "$ckind") timeout 20 \
+    got=$(printf '%s\nCLOSE\n' "$msg" | as_user env OPENSSL_CONF="$(ossl_conf "$ckind")" timeout 20 \
         openssl s_client -connect "127.0.0.1:$port" $(psk_opt "$ckey") -ign_eof -quiet "$@" \
         2>"$T/client.err" | head -n 1) || true
     kill "$spid" 2>/dev/null || true
