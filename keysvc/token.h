@@ -40,10 +40,27 @@ typedef struct {
     const char *token_uri;  /* "pkcs11:token=..." or NULL: the only initialised token */
     const char *pin_source; /* "file:PATH" / "/PATH", or NULL */
     const char *pin;        /* direct PIN (tests only; the daemon and CLI use pin_source) */
-    int rw;                 /* open a read/write session */
+    int rw;                 /* open read/write sessions */
+    size_t sessions;        /* session pool size (0: 4); one per worker thread is enough */
 } p11psk_token_params;
 
+/* Health, for status reports. */
+typedef struct {
+    int available; /* 0 while the module awaits reinitialisation after a fault */
+    int logged_in;
+    size_t sessions;
+    unsigned long recoveries;
+    char down_why[160];
+} p11psk_token_info;
+
 typedef struct p11psk_token p11psk_token;
+
+/*
+ * Thread-safe: operations borrow a session from a bounded pool (never shared by two threads
+ * at once). A lost session or login is redone and the operation retried once; after a
+ * device fault (CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, ...) the module is finalized and
+ * reinitialised, with backoff, and operations fail fast with P11PSK_ST_UNAVAILABLE meanwhile.
+ */
 
 /* Returns P11PSK_ST_OK and *out, or an error status with err->msg naming the fix. */
 int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk_err *err);
@@ -51,8 +68,10 @@ int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk
 void p11psk_token_close(p11psk_token *tok);
 
 const char *p11psk_token_label(const p11psk_token *tok);
+void p11psk_token_state(p11psk_token *tok, p11psk_token_info *info);
 const char *p11psk_token_module(const p11psk_token *tok);
 CK_FUNCTION_LIST *p11psk_token_functions(const p11psk_token *tok);
+/* The first session opened (single-threaded callers and tests only). */
 CK_SESSION_HANDLE p11psk_token_session(const p11psk_token *tok);
 
 /* Daemon lookup by CKA_ID through a hash table; a miss searches the token. Returns

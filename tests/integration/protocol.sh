@@ -45,6 +45,6 @@ case $msg in
 *) fail "bad version not named: $msg" ;;
 esac
 kill -0 "$DAEMON_PID" 2>/dev/null && pass "p11pskd still running" || fail "p11pskd died"
-n=$(grep -c 'bad request' "$T/p11pskd.log" || true)
+n=$(grep -c 'result=bad-request' "$T/p11pskd.log" || true)
 [ "$n" -ge 9 ] && pass "p11pskd logged $n bad requests" || fail "p11pskd logged $n bad requests"
 finish
