@@ -277,20 +277,22 @@ expect_fail() {
 daemon_requests() { grep -c -E 'tls1(3-early|3-expand|3-extract|2-prf)' "$T/p11pskd.log" || true; }
 
 # expect_ok_both NAME run_pair-args...: like expect_ok, for handles on both sides, where a
-# round trip alone would also pass if both used the handle bytes as a raw key: the
-# daemon must have served derivations for both peers.
+# round trip alone would also pass if both used the handle bytes as a raw key: p11pskd must
+# have served derivations to two different processes.
 expect_ok_both() {
-    local name=$1 before after
+    local name=$1 before peers
     shift
-    before=$(daemon_requests)
+    before=$(wc -l <"$T/p11pskd.log")
     if ! run_pair "$@"; then
         fail "$name: $REASON"
         return
     fi
-    after=$(daemon_requests)
-    if [ "$((after - before))" -ge 2 ]; then
-        pass "$name ($((after - before)) derivations in p11pskd)"
+    peers=$(tail -n +"$((before + 1))" "$T/p11pskd.log" |
+        grep -E 'op=tls1(3-early|3-expand|3-extract|2-prf) .*result=ok' |
+        grep -o 'pid=[0-9]*' | sort -u | wc -l)
+    if [ "$peers" -ge 2 ]; then
+        pass "$name (p11pskd served both peers)"
     else
-        fail "$name: round trip but p11pskd served only $((after - before)) derivations"
+        fail "$name: round trip but p11pskd served $peers peer process(es)"
     fi
 }
