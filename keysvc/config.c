@@ -98,6 +98,12 @@ static int set_group(p11psk_config *cfg, const char *v, char *err, size_t errlen
     if (isdigit((unsigned char)*v)) {
         errno = 0;
         g = strtoul(v, &end, 10);
+        /* gid_t is 32 bits: a larger number would wrap (4294967296 is root's group), and
+         * (gid_t)-1 means "leave unchanged" to chown. */
+        if (errno == 0 && *end == '\0' && g >= (unsigned long)(gid_t)-1) {
+            snprintf(err, errlen, "socket-group %s is not a valid gid", v);
+            return 0;
+        }
         if (errno == 0 && *end == '\0') {
             cfg->socket_gid = (gid_t)g;
             cfg->has_socket_group = 1;
@@ -110,6 +116,22 @@ static int set_group(p11psk_config *cfg, const char *v, char *err, size_t errlen
     }
     cfg->socket_gid = gr->gr_gid;
     cfg->has_socket_group = 1;
+    return 1;
+}
+
+static int set_uint(unsigned *slot, const char *key, const char *v, unsigned lo, unsigned hi,
+                    char *err, size_t errlen)
+{
+    unsigned long n;
+    char *end;
+
+    errno = 0;
+    n = strtoul(v, &end, 10);
+    if (errno != 0 || *end != '\0' || !isdigit((unsigned char)*v) || n < lo || n > hi) {
+        snprintf(err, errlen, "%s must be a number from %u to %u", key, lo, hi);
+        return 0;
+    }
+    *slot = (unsigned)n;
     return 1;
 }
 
@@ -148,6 +170,14 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_mode(cfg, v, err, errlen);
     if (strcmp(key, "socket-group") == 0)
         return set_group(cfg, v, err, errlen);
+    if (strcmp(key, "threads") == 0)
+        return set_uint(&cfg->threads, key, v, 0, 64, err, errlen);
+    if (strcmp(key, "max-connections") == 0)
+        return set_uint(&cfg->max_connections, key, v, 1, 65536, err, errlen);
+    if (strcmp(key, "max-connections-per-peer") == 0)
+        return set_uint(&cfg->max_connections_peer, key, v, 1, 65536, err, errlen);
+    if (strcmp(key, "request-timeout-ms") == 0)
+        return set_uint(&cfg->request_timeout_ms, key, v, 100, 600000, err, errlen);
     if (strcmp(key, "log-level") == 0) {
         if ((lvl = p11psk_log_level_from_name(v)) < 0) {
             snprintf(err, errlen, "log-level must be error, warn, info or debug");
@@ -158,7 +188,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
     }
     snprintf(err, errlen,
              "unknown key '%s'; known keys: module, token, pin-source, socket, socket-mode, "
-             "socket-group, log-level, allow, allow-psk-ke, readable-keys, digests, rate-limit",
+             "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
+             "request-timeout-ms, allow, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }
@@ -222,13 +253,19 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->socket_mode = 0660;
     cfg->log_level = P11PSK_LOG_INFO;
     p11psk_policy_defaults(&cfg->policy);
+    cfg->max_connections = 1024;
+    cfg->max_connections_peer = 256;
+    cfg->request_timeout_ms = 10000;
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
-        !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen))
+        !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen)) {
+        p11psk_config_free(cfg);
         return 0;
+    }
     if ((f = fopen(path, "re")) == NULL) {
         snprintf(err, errlen, "%s: %s; give another file with --config FILE or $%s", path,
                  strerror(errno), P11PSK_CONF_ENV);
+        p11psk_config_free(cfg); /* the defaults above are on the heap */
         return 0;
     }
     while (ok && fgets(line, sizeof(line), f) != NULL) {

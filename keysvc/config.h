@@ -22,6 +22,10 @@ typedef struct {
     int has_socket_group;
     gid_t socket_gid;
     int log_level; /* P11PSK_LOG_* */
+    unsigned threads;               /* worker threads = PKCS#11 sessions; 0: one per CPU */
+    unsigned max_connections;       /* all peers together */
+    unsigned max_connections_peer;  /* per peer uid */
+    unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

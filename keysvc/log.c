@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -10,7 +11,7 @@
 
 static struct {
     int use_syslog;
-    int level;
+    atomic_int level; /* changed by SIGHUP while workers log */
     char ident[32];
 } log_state = {0, P11PSK_LOG_INFO, "p11pskd"};
 
@@ -38,6 +39,11 @@ void p11psk_log_open(const char *ident, int use_syslog, int level)
     log_state.level = level;
     if (use_syslog)
         openlog(log_state.ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+void p11psk_log_set_level(int level)
+{
+    log_state.level = level;
 }
 
 void p11psk_log_close(void)

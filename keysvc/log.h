@@ -16,6 +16,7 @@ const char *p11psk_log_level_name(int level);
 /* use_syslog: 0 = stderr with a timestamp, 1 = syslog(LOG_DAEMON) as ident. */
 void p11psk_log_open(const char *ident, int use_syslog, int level);
 void p11psk_log_close(void);
+void p11psk_log_set_level(int level); /* SIGHUP reload */
 int p11psk_log_enabled(int level);
 void p11psk_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

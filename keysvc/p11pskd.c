@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -117,6 +120,64 @@ static void harden_memory(void)
                    P11PSK_SECURE_HEAP / 1024);
 }
 
+/* systemd socket activation (the sd_listen_fds protocol): one unix stream socket at fd 3.
+ * Returns the fd, -1 when not activated, -2 on a bad hand-over (err set). */
+static int activated_socket(char *err, size_t errlen)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    int fd = 3, type = 0, listening = 0, fl;
+    socklen_t len = sizeof(int);
+    struct sockaddr_un sa;
+    socklen_t salen = sizeof(sa);
+
+    if (pid == NULL || fds == NULL || strtol(pid, NULL, 10) != (long)getpid())
+        return -1;
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    if (strcmp(fds, "1") != 0) {
+        snprintf(err, errlen, "systemd passed %s sockets; p11pskd.socket must have exactly one "
+                              "ListenStream=", fds);
+        return -2;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
+        getsockname(fd, (struct sockaddr *)&sa, &salen) != 0 || sa.sun_family != AF_UNIX) {
+        snprintf(err, errlen, "the socket from systemd is not a listening unix stream socket; use "
+                              "ListenStream=/run/p11psk/p11psk.sock");
+        return -2;
+    }
+    fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
+/* Tells systemd (Type=notify) about startup and shutdown; nothing without NOTIFY_SOCKET. */
+static void sd_notify_msg(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa;
+    socklen_t salen;
+    size_t n;
+    int fd;
+
+    if (path == NULL || (path[0] != '/' && path[0] != '@') || (n = strlen(path)) >= sizeof(sa.sun_path))
+        return;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, n);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract namespace */
+    salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0)
+        return;
+    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0) {
+        /* systemd will time the start out and say so */
+    }
+    close(fd);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -133,7 +194,7 @@ int main(int argc, char **argv)
     p11psk_token *tok = NULL;
     p11psk_ladder *lad = NULL;
     p11psk_err terr;
-    int fg = 0, opt, lfd, rc = 1;
+    int fg = 0, opt, lfd, rc = 1, activated = 0;
 
     /* The global openssl.cnf may load the p11psk provider; this process never needs it. */
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
@@ -171,7 +232,10 @@ int main(int argc, char **argv)
     p11psk_log_open("p11pskd", !fg, cfg.log_level);
     harden_memory();
 
-    if ((lfd = p11psk_server_listen(&cfg, err, sizeof(err))) < 0) {
+    lfd = activated_socket(err, sizeof(err));
+    activated = lfd >= 0;
+    if (lfd == -2 || (!activated && (lfd = p11psk_server_listen(&cfg, err, sizeof(err))) < 0)) {
+        lfd = -1;
         p11psk_log(P11PSK_LOG_ERROR, "%s", err);
         startup_done(err);
         goto out;
@@ -184,27 +248,31 @@ int main(int argc, char **argv)
     prm.module = cfg.module;
     prm.token_uri = cfg.token_uri;
     prm.pin_source = cfg.pin_source;
+    prm.sessions = p11psk_server_threads(&cfg); /* one per worker: nobody waits */
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
         snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);
         goto fail;
     }
     p11psk_log(P11PSK_LOG_INFO,
-               "p11pskd %s serving module %s, token '%s', socket %s (%zu allow "
+               "p11pskd %s serving module %s, token '%s', socket %s%s (%zu allow "
                "rules)",
                P11PSK_VERSION, p11psk_token_module(tok), p11psk_token_label(tok), cfg.socket,
-               cfg.acl.n);
+               activated ? " (from systemd)" : "", cfg.acl.n);
     if (cfg.acl.n == 0)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cfg.path);
     startup_done(NULL);
+    sd_notify_msg("READY=1");
     rc = p11psk_server_run(&cfg, tok, lad, lfd) == 0 ? 0 : 1;
+    sd_notify_msg("STOPPING=1");
     goto cleanup;
 fail:
     p11psk_log(P11PSK_LOG_ERROR, "%s", err);
     startup_done(err);
 cleanup:
     close(lfd);
-    unlink(cfg.socket);
+    if (!activated) /* systemd owns an activated socket's file */
+        unlink(cfg.socket);
 out:
     p11psk_token_close(tok);
     p11psk_ladder_free(lad);

@@ -1,4 +1,4 @@
-#define _GNU_SOURCE /* accept4, struct ucred, ppoll */
+#define _GNU_SOURCE /* accept4, struct ucred, pipe2, rwlock kinds */
 #include "server.h"
 
 #include <errno.h>
@@ -6,8 +6,10 @@
 #include <libgen.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +135,8 @@ fail:
 /* ---- connections ---- */
 
 #define CONN_GROUPS_MAX 64
+#define ACCEPT_BURST 8 /* per wake-up, so that workers share new connections */
+#define STOP_FLUSH_MS 1000
 
 typedef struct {
     int fd;
@@ -140,6 +144,7 @@ typedef struct {
     gid_t groups[CONN_GROUPS_MAX]; /* supplementary groups (SO_PEERGROUPS) */
     size_t ngroups;
     char exe[256]; /* /proc/PID/exe at connect time, for the audit log */
+    long long deadline_ms; /* a started request or a pending answer must be done by then */
     uint8_t in[P11PSK_WIRE_HDR + P11PSK_WIRE_MAX];
     size_t inlen;
     size_t need; /* whole frame size once the header is in, else 0 */
@@ -148,14 +153,39 @@ typedef struct {
     int closing; /* close once the response is flushed */
 } conn;
 
+struct server;
+
+/* One worker thread: its own connections and poll loop. Requests are answered in order, one
+ * at a time per connection, so a peer has at most one request in flight per connection. */
 typedef struct {
-    const p11psk_config *cfg;
+    struct server *s;
+    pthread_t th;
+    conn **conns;
+    struct pollfd *pfd;
+    size_t nconns;
+} worker;
+
+typedef struct {
+    uid_t uid;
+    unsigned n;
+} peer_count;
+
+typedef struct server {
+    p11psk_config *cfg;       /* ACL, policy and log level change on SIGHUP */
+    pthread_rwlock_t cfglock; /* shared per request, exclusive for a reload */
     p11psk_token *tok;
     p11psk_ladder *lad;
-    conn *conns[P11PSK_SERVER_MAX_CONNS];
-    size_t nconns;
     p11psk_ratelimit rate;
-    int lock_warned;
+    int lfd;
+    int wake[2]; /* becomes readable when the daemon stops */
+    atomic_int stopping;
+    atomic_int lock_warned;
+    pthread_mutex_t peerlock; /* guards the connection counts */
+    peer_count *peers;
+    size_t npeers, nconns;
+    worker *workers;
+    size_t nworkers;
+    p11psk_server_stats stats;
 } server;
 
 /* What one request did, for its response and its log line. */
@@ -167,11 +197,12 @@ typedef struct {
     int close_after;
 } outcome;
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_stop(int sig)
+static long long now_ms(void)
 {
-    stop_signal = sig;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static long usec_since(const struct timespec *t0)
@@ -192,13 +223,12 @@ static conn *conn_new(server *s)
     if (c == MAP_FAILED)
         return NULL;
     madvise(c, len, MADV_DONTDUMP);
-    if (mlock(c, len) != 0 && !s->lock_warned) {
-        s->lock_warned = 1;
+    if (mlock(c, len) != 0 && atomic_exchange(&s->lock_warned, 1) == 0)
         p11psk_log(P11PSK_LOG_WARN,
                    "cannot lock connection buffers in memory (%s); raise LimitMEMLOCK / "
                    "RLIMIT_MEMLOCK so that secrets cannot be swapped out",
                    strerror(errno));
-    }
+    c->fd = -1;
     return c; /* mmap gives zeroed pages */
 }
 
@@ -206,11 +236,64 @@ static void conn_free(conn *c)
 {
     size_t len = (sizeof(conn) + 4095) & ~(size_t)4095;
 
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     OPENSSL_cleanse(c->in, sizeof(c->in)); /* requests may carry (EC)DHE secrets */
     p11psk_frame_cleanse(&c->out);
     munlock(c, len);
     munmap(c, len);
+}
+
+/* ---- connection limits ---- */
+
+/* Counts a new connection from uid; 0 (and *why) when a limit says no. */
+static int peer_admit(server *s, uid_t uid, char *why, size_t whylen)
+{
+    peer_count *p = NULL, *np;
+    size_t i;
+    int ok = 0;
+
+    pthread_mutex_lock(&s->peerlock);
+    for (i = 0; i < s->npeers; i++)
+        if (s->peers[i].uid == uid)
+            p = &s->peers[i];
+    if (s->nconns >= s->cfg->max_connections) {
+        snprintf(why, whylen, "%zu connections open (max-connections = %u in %s)", s->nconns,
+                 s->cfg->max_connections, s->cfg->path);
+    } else if (p != NULL && p->n >= s->cfg->max_connections_peer) {
+        snprintf(why, whylen, "uid %lu has %u connections open (max-connections-per-peer = %u in %s)",
+                 (unsigned long)uid, p->n, s->cfg->max_connections_peer, s->cfg->path);
+    } else if (p == NULL && (np = realloc(s->peers, (s->npeers + 1) * sizeof(*np))) == NULL) {
+        snprintf(why, whylen, "out of memory");
+    } else {
+        if (p == NULL) {
+            s->peers = np;
+            p = &s->peers[s->npeers++];
+            p->uid = uid;
+            p->n = 0;
+        }
+        p->n++;
+        s->nconns++;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&s->peerlock);
+    return ok;
+}
+
+static void peer_release(server *s, uid_t uid)
+{
+    size_t i;
+
+    pthread_mutex_lock(&s->peerlock);
+    for (i = 0; i < s->npeers; i++) {
+        if (s->peers[i].uid != uid)
+            continue;
+        if (--s->peers[i].n == 0)
+            s->peers[i] = s->peers[--s->npeers];
+        s->nconns--;
+        break;
+    }
+    pthread_mutex_unlock(&s->peerlock);
 }
 
 static int fail(outcome *o, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -508,6 +591,33 @@ static void log_outcome(const conn *c, const outcome *o, long us)
                o->step ? (o->step == P11PSK_STEP_TOKEN ? " step=token" : " step=value") : "", us);
 }
 
+static void stats_count(server *s, int op, int st)
+{
+    int i;
+
+    switch (op) {
+    case P11PSK_OP_PING:
+        i = P11PSK_STAT_PING;
+        break;
+    case P11PSK_OP_TLS13_EARLY:
+        i = P11PSK_STAT_EARLY;
+        break;
+    case P11PSK_OP_TLS13_EXPAND:
+        i = P11PSK_STAT_EXPAND;
+        break;
+    case P11PSK_OP_TLS13_EXTRACT:
+        i = P11PSK_STAT_EXTRACT;
+        break;
+    case P11PSK_OP_TLS12_PRF:
+        i = P11PSK_STAT_PRF;
+        break;
+    default:
+        i = P11PSK_STAT_OTHER;
+    }
+    if (st >= 0 && st < P11PSK_ST_MAX_)
+        atomic_fetch_add(&s->stats.req[i][st], 1);
+}
+
 /* Builds the response to the frame in c->in (header included, complete or rejected). */
 static void respond(server *s, conn *c, int header_rc)
 {
@@ -551,6 +661,7 @@ static void respond(server *s, conn *c, int header_rc)
         o.close_after = 1;
     }
     c->closing = o.close_after;
+    stats_count(s, o.op, st);
     OPENSSL_cleanse(c->in, c->need > 0 ? c->need : sizeof(c->in));
     c->inlen = 0;
     c->need = 0;
@@ -573,7 +684,15 @@ static int conn_flush(conn *c)
     }
     p11psk_frame_cleanse(&c->out);
     c->outlen = c->outoff = 0;
+    c->deadline_ms = 0;
     return c->closing ? -1 : 0;
+}
+
+static void respond_locked(server *s, conn *c, int header_rc)
+{
+    pthread_rwlock_rdlock(&s->cfglock);
+    respond(s, c, header_rc);
+    pthread_rwlock_unlock(&s->cfglock);
 }
 
 static int conn_read(server *s, conn *c)
@@ -591,20 +710,24 @@ static int conn_read(server *s, conn *c)
             return 0;
         if (r <= 0)
             return -1; /* EOF or error: the peer is gone */
+        if (c->inlen == 0) /* a request has started: it must be complete in time */
+            c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
         c->inlen += (size_t)r;
         if (c->need == 0 && c->inlen == P11PSK_WIRE_HDR) {
             rc = p11psk_wire_header(c->in, &bodylen);
             if (rc != P11PSK_WIRE_OK) {
-                respond(s, c, rc);
+                respond_locked(s, c, rc);
                 break;
             }
             c->need = P11PSK_WIRE_HDR + bodylen;
         }
         if (c->need != 0 && c->inlen == c->need) {
-            respond(s, c, P11PSK_WIRE_OK);
+            respond_locked(s, c, P11PSK_WIRE_OK);
             break;
         }
     }
+    /* The answer must be read in time too, or the connection goes. */
+    c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
     return conn_flush(c);
 }
 
@@ -625,123 +748,305 @@ static void peer_details(conn *c)
         snprintf(c->exe, sizeof(c->exe), "?");
     else
         c->exe[n] = '\0';
-    for (n = 0; c->exe[n] != '\0'; n++) /* one token in the log line */
+    for (n = 0; c->exe[n] != '\0'; n++) /* one word in the log line */
         if (c->exe[n] == ' ' || (unsigned char)c->exe[n] < 0x20)
             c->exe[n] = '_';
 }
 
-static void accept_all(server *s, int lfd)
+/* A refused peer gets one answer frame (its first request reads it) and a closed socket. */
+static void refuse(int fd, const struct ucred *cr, const char *why)
 {
-    socklen_t len;
-    conn *c;
-    int fd;
+    p11psk_frame f;
+    size_t n;
 
-    for (;;) {
-        fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    p11psk_frame_start(&f, P11PSK_ST_POLICY);
+    p11psk_frame_add_str(&f, P11PSK_T_MSG, why);
+    if ((n = p11psk_frame_finish(&f)) > 0 && send(fd, f.buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* the peer is gone already */
+    }
+    p11psk_log(P11PSK_LOG_WARN, "pid=%ld uid=%lu gid=%lu connection refused: %s", (long)cr->pid,
+               (unsigned long)cr->uid, (unsigned long)cr->gid, why);
+    close(fd);
+}
+
+static void accept_some(worker *w)
+{
+    server *s = w->s;
+    char why[200];
+    socklen_t len;
+    struct ucred cr;
+    int i, fd;
+    conn *c;
+
+    for (i = 0; i < ACCEPT_BURST; i++) {
+        fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                p11psk_log(P11PSK_LOG_ERROR, "accept: %s", strerror(errno));
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                p11psk_log(P11PSK_LOG_ERROR, "accept: %s", strerror(errno));
             return;
         }
-        if (s->nconns == P11PSK_SERVER_MAX_CONNS) {
-            p11psk_log(P11PSK_LOG_WARN, "refusing connection: %d connections open",
-                       P11PSK_SERVER_MAX_CONNS);
+        /* Credentials first: every decision about this peer rests on them. */
+        len = sizeof(cr);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) {
+            p11psk_log(P11PSK_LOG_ERROR, "SO_PEERCRED: %s", strerror(errno));
             close(fd);
             continue;
         }
+        pthread_rwlock_rdlock(&s->cfglock);
+        if (!peer_admit(s, cr.uid, why, sizeof(why))) {
+            pthread_rwlock_unlock(&s->cfglock);
+            refuse(fd, &cr, why);
+            continue;
+        }
+        pthread_rwlock_unlock(&s->cfglock);
         if ((c = conn_new(s)) == NULL) {
-            p11psk_log(P11PSK_LOG_ERROR, "refusing connection: out of memory");
-            close(fd);
+            peer_release(s, cr.uid);
+            refuse(fd, &cr, "out of memory");
             continue;
         }
         c->fd = fd;
-        len = sizeof(c->cred);
-        /* Credentials first: every decision about this peer rests on them. */
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0) {
-            p11psk_log(P11PSK_LOG_ERROR, "SO_PEERCRED: %s", strerror(errno));
-            conn_free(c);
-            continue;
-        }
+        c->cred = cr;
         peer_details(c);
-        s->conns[s->nconns++] = c;
+        atomic_fetch_add(&s->stats.connections, 1);
+        w->conns[w->nconns++] = c;
     }
 }
 
-int p11psk_server_run(const p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
-                      int listen_fd)
+static void worker_drop(worker *w, size_t i)
+{
+    conn *c = w->conns[i];
+
+    peer_release(w->s, c->cred.uid);
+    conn_free(c);
+    w->conns[i] = w->conns[--w->nconns];
+}
+
+/* On stop: answer what has fully arrived, flush answers for a bounded time, close all. */
+static void worker_finish(worker *w)
+{
+    long long end = now_ms() + STOP_FLUSH_MS;
+    struct pollfd p;
+    size_t i;
+
+    for (i = w->nconns; i-- > 0;) {
+        conn *c = w->conns[i];
+        int drop = c->outlen > 0 ? conn_flush(c) < 0 : conn_read(w->s, c) < 0;
+
+        while (!drop && c->outlen > 0 && now_ms() < end) {
+            p.fd = c->fd;
+            p.events = POLLOUT;
+            if (poll(&p, 1, (int)(end - now_ms())) <= 0)
+                break;
+            drop = conn_flush(c) < 0;
+        }
+        worker_drop(w, i);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    server *s = w->s;
+    long long now, next;
+    size_t i, n;
+    int timeout;
+
+    while (!atomic_load(&s->stopping)) {
+        w->pfd[0].fd = s->wake[0];
+        w->pfd[0].events = POLLIN;
+        w->pfd[1].fd = s->lfd;
+        w->pfd[1].events = POLLIN;
+        next = 0;
+        for (i = 0; i < w->nconns; i++) {
+            conn *c = w->conns[i];
+
+            w->pfd[i + 2].fd = c->fd;
+            w->pfd[i + 2].events = c->outlen > 0 ? POLLOUT : POLLIN;
+            if (c->deadline_ms != 0 && (next == 0 || c->deadline_ms < next))
+                next = c->deadline_ms;
+        }
+        for (i = 0; i < w->nconns + 2; i++)
+            w->pfd[i].revents = 0;
+        n = w->nconns;
+        now = now_ms();
+        timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
+        if (poll(w->pfd, n + 2, timeout) < 0 && errno != EINTR) {
+            p11psk_log(P11PSK_LOG_ERROR, "poll: %s", strerror(errno));
+            break;
+        }
+        if (w->pfd[0].revents & POLLIN)
+            break;
+        now = now_ms();
+        /* Backwards, so that dropping one (swap with the last) is safe. */
+        for (i = n; i-- > 0;) {
+            conn *c = w->conns[i];
+            short ev = w->pfd[i + 2].revents;
+            int drop = 0;
+
+            if (ev & (POLLERR | POLLNVAL))
+                drop = 1;
+            else if (ev != 0)
+                drop = c->outlen > 0 ? conn_flush(c) < 0 : conn_read(s, c) < 0;
+            else if (c->deadline_ms != 0 && c->deadline_ms <= now) {
+                p11psk_log(P11PSK_LOG_WARN,
+                           "pid=%ld uid=%lu gid=%lu exe=%s dropped: %s not done within "
+                           "request-timeout-ms = %u",
+                           (long)c->cred.pid, (unsigned long)c->cred.uid,
+                           (unsigned long)c->cred.gid, c->exe,
+                           c->outlen > 0 ? "answer not read" : "request", s->cfg->request_timeout_ms);
+                drop = 1;
+            }
+            if (drop)
+                worker_drop(w, i);
+            else if (c->outlen == 0 && c->inlen == 0)
+                c->deadline_ms = 0; /* idle: persistent connections may stay */
+        }
+        if (w->pfd[1].revents & POLLIN)
+            accept_some(w);
+    }
+    worker_finish(w);
+    return NULL;
+}
+
+/* ---- reload ---- */
+
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* SIGHUP: a new ACL, policy, log level and limits, without dropping connections. What needs
+ * a restart (module, token, PIN source, socket, threads) is kept, with a warning. */
+static void server_reload(server *s)
+{
+    p11psk_config nc, *cur = s->cfg;
+    p11psk_acl old;
+    char err[600];
+
+    if (!p11psk_config_load(cur->path, &nc, err, sizeof(err))) {
+        p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    if (!same_str(nc.module, cur->module) || !same_str(nc.token_uri, cur->token_uri) ||
+        !same_str(nc.pin_source, cur->pin_source) || !same_str(nc.socket, cur->socket) ||
+        nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
+        nc.socket_gid != cur->socket_gid || nc.threads != cur->threads)
+        p11psk_log(P11PSK_LOG_WARN,
+                   "reload: module, token, pin-source, socket* and threads changes take effect "
+                   "only after a restart of p11pskd");
+    pthread_rwlock_wrlock(&s->cfglock);
+    old = cur->acl;
+    cur->acl = nc.acl;
+    nc.acl = old; /* freed with nc below */
+    cur->policy = nc.policy;
+    cur->log_level = nc.log_level;
+    cur->max_connections = nc.max_connections;
+    cur->max_connections_peer = nc.max_connections_peer;
+    cur->request_timeout_ms = nc.request_timeout_ms;
+    p11psk_log_set_level(nc.log_level);
+    pthread_rwlock_unlock(&s->cfglock);
+    p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path,
+               cur->acl.n, p11psk_log_level_name(cur->log_level));
+    if (cur->acl.n == 0)
+        p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
+                   cur->path);
+    p11psk_config_free(&nc);
+}
+
+/* ---- run ---- */
+
+static unsigned default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return n < 1 ? 1 : n > 16 ? 16 : (unsigned)n;
+}
+
+unsigned p11psk_server_threads(const p11psk_config *cfg)
+{
+    return cfg->threads > 0 ? cfg->threads : default_threads();
+}
+
+int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad, int listen_fd)
 {
     static server s; /* large: keep it off the stack */
-    struct pollfd pfd[P11PSK_SERVER_MAX_CONNS + 1];
-    struct sigaction sa;
-    sigset_t block, waitmask;
-    size_t i, n;
-    int rc = 0;
+    sigset_t sigs;
+    size_t i, started = 0;
+    int sig = 0, rc = 0;
 
     memset(&s, 0, sizeof(s));
-    p11psk_ratelimit_init(&s.rate);
     s.cfg = cfg;
     s.tok = tok;
     s.lad = lad;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    /* Signals only arrive inside ppoll, so a stop request is never missed. */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigprocmask(SIG_BLOCK, &block, &waitmask);
-    sigdelset(&waitmask, SIGTERM);
-    sigdelset(&waitmask, SIGINT);
+    s.lfd = listen_fd;
+    p11psk_ratelimit_init(&s.rate);
+    pthread_mutex_init(&s.peerlock, NULL);
+    {
+        pthread_rwlockattr_t ra;
 
-    while (!stop_signal) {
-        pfd[0].fd = listen_fd;
-        pfd[0].events = POLLIN;
-        pfd[0].revents = 0;
-        for (i = 0; i < s.nconns; i++) {
-            pfd[i + 1].fd = s.conns[i]->fd;
-            pfd[i + 1].events = s.conns[i]->outlen > 0 ? POLLOUT : POLLIN;
-            pfd[i + 1].revents = 0;
-        }
-        n = s.nconns;
-        if (ppoll(pfd, n + 1, NULL, &waitmask) < 0) {
-            if (errno == EINTR)
-                continue;
-            p11psk_log(P11PSK_LOG_ERROR, "poll: %s", strerror(errno));
-            rc = -1;
-            break;
-        }
-        /* Walk backwards so dropping a connection (swap with the last) is safe. */
-        for (i = n; i-- > 0;) {
-            conn *c = s.conns[i];
-            int drop = 0;
-
-            if (pfd[i + 1].revents == 0)
-                continue;
-            if (pfd[i + 1].revents & (POLLERR | POLLNVAL))
-                drop = 1;
-            else if (c->outlen > 0)
-                drop = conn_flush(c) < 0;
-            else
-                drop = conn_read(&s, c) < 0;
-            if (drop) {
-                conn_free(c);
-                s.conns[i] = s.conns[--s.nconns];
-            }
-        }
-        if (pfd[0].revents & POLLIN)
-            accept_all(&s, listen_fd);
+        /* A reload must not wait behind a steady stream of requests. */
+        pthread_rwlockattr_init(&ra);
+        pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        pthread_rwlock_init(&s.cfglock, &ra);
+        pthread_rwlockattr_destroy(&ra);
     }
-    for (i = 0; i < s.nconns; i++)
-        conn_free(s.conns[i]);
-    s.nconns = 0;
+    if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    /* Signals go to this thread only, through sigwait; workers inherit the mask. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    s.nworkers = p11psk_server_threads(cfg);
+    s.workers = calloc(s.nworkers, sizeof(*s.workers));
+    for (i = 0; s.workers != NULL && i < s.nworkers; i++) {
+        worker *w = &s.workers[i];
+
+        w->s = &s;
+        w->conns = calloc(cfg->max_connections, sizeof(*w->conns));
+        w->pfd = calloc(cfg->max_connections + 2, sizeof(*w->pfd));
+        if (w->conns == NULL || w->pfd == NULL || pthread_create(&w->th, NULL, worker_main, w) != 0)
+            break;
+        started++;
+    }
+    if (started < s.nworkers) {
+        p11psk_log(P11PSK_LOG_ERROR, "cannot start %zu worker threads", s.nworkers);
+        rc = -1;
+    } else {
+        p11psk_log(P11PSK_LOG_INFO, "serving with %zu worker threads", s.nworkers);
+    }
+    while (rc == 0) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig != SIGHUP)
+            break;
+        server_reload(&s);
+    }
+    atomic_store(&s.stopping, 1);
+    if (write(s.wake[1], "x", 1) < 0) {
+        /* cannot happen on a fresh non-full pipe */
+    }
+    for (i = 0; i < started; i++)
+        pthread_join(s.workers[i].th, NULL);
+    for (i = 0; s.workers != NULL && i < s.nworkers; i++) {
+        free(s.workers[i].conns);
+        free(s.workers[i].pfd);
+    }
+    free(s.workers);
+    free(s.peers);
+    close(s.wake[0]);
+    close(s.wake[1]);
     p11psk_ratelimit_destroy(&s.rate);
-    sigprocmask(SIG_UNBLOCK, &block, NULL);
-    if (stop_signal)
-        p11psk_log(P11PSK_LOG_INFO, "stopping on signal %d", (int)stop_signal);
+    pthread_rwlock_destroy(&s.cfglock);
+    pthread_mutex_destroy(&s.peerlock);
+    if (sig != 0 && sig != SIGHUP)
+        p11psk_log(P11PSK_LOG_INFO, "stopping on signal %d", sig);
     return rc;
 }

@@ -2,13 +2,22 @@
 #ifndef P11PSK_KEYSVC_SERVER_H
 #define P11PSK_KEYSVC_SERVER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "config.h"
 #include "ladder.h"
+#include "p11psk/wire.h"
 #include "token.h"
 
-#define P11PSK_SERVER_MAX_CONNS 256
+/* Request counters by operation and result, for status reports. */
+enum { P11PSK_STAT_PING, P11PSK_STAT_EARLY, P11PSK_STAT_EXPAND, P11PSK_STAT_EXTRACT,
+       P11PSK_STAT_PRF, P11PSK_STAT_OTHER, P11PSK_STAT_OPS };
+
+typedef struct {
+    atomic_ulong req[P11PSK_STAT_OPS][P11PSK_ST_MAX_];
+    atomic_ulong connections; /* accepted since start */
+} p11psk_server_stats;
 
 /*
  * Creates the listening socket at cfg->socket: parent directory made if missing (0755), a
@@ -17,8 +26,16 @@
  */
 int p11psk_server_listen(const p11psk_config *cfg, char *err, size_t errlen);
 
-/* Serves requests until SIGTERM or SIGINT. Returns 0 on a clean stop, -1 on a fatal error. */
-int p11psk_server_run(const p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
-                      int listen_fd);
+/* Worker threads the server will run (cfg->threads, or one per CPU). */
+unsigned p11psk_server_threads(const p11psk_config *cfg);
+
+/*
+ * Serves requests with worker threads until SIGTERM or SIGINT: requests that have arrived
+ * are answered, then it returns 0 (-1 on a fatal error). SIGHUP reloads cfg->path: ACL,
+ * policy, log level and limits change without dropping connections; a bad file is refused
+ * and the running configuration kept. Call with SIGTERM, SIGINT and SIGHUP unblocked in no
+ * other thread.
+ */
+int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad, int listen_fd);
 
 #endif
