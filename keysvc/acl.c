@@ -106,13 +106,38 @@ static int rule_parse(p11psk_acl_rule *r, char *text, char *err, size_t errlen)
     return 1;
 }
 
+static int acl_add_kind(p11psk_acl *acl, int kind, const char *text, const char *where, char *err,
+                        size_t errlen);
+
 int p11psk_acl_add(p11psk_acl *acl, const char *text, const char *where, char *err, size_t errlen)
+{
+    return acl_add_kind(acl, P11PSK_ACL_KEY, text, where, err, errlen);
+}
+
+int p11psk_acl_add_perm(p11psk_acl *acl, int kind, const char *text, const char *where, char *err,
+                        size_t errlen)
+{
+    char buf[1024];
+
+    if (strchr(text, '=') == NULL) {
+        snprintf(err, errlen, "%s takes conditions only, e.g. %s uid=prometheus",
+                 kind == P11PSK_ACL_ADMIN ? "allow-admin" : "allow-status",
+                 kind == P11PSK_ACL_ADMIN ? "allow-admin" : "allow-status");
+        return 0;
+    }
+    snprintf(buf, sizeof(buf), "* %s", text); /* the same parser, any identity */
+    return acl_add_kind(acl, kind, buf, where, err, errlen);
+}
+
+static int acl_add_kind(p11psk_acl *acl, int kind, const char *text, const char *where, char *err,
+                        size_t errlen)
 {
     p11psk_acl_rule r;
     char *copy;
     int ok;
 
     memset(&r, 0, sizeof(r));
+    r.kind = kind;
     snprintf(r.where, sizeof(r.where), "%s", where);
     if ((copy = strdup(text)) == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -160,6 +185,8 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
     for (i = 0; i < acl->n; i++) {
         const p11psk_acl_rule *r = &acl->rules[i];
 
+        if (r->kind != P11PSK_ACL_KEY)
+            continue;
         if (r->has_uid && r->uid != peer->uid)
             continue;
         if (r->has_gid && !in_group(peer, r->gid))
@@ -168,6 +195,24 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
             return r;
     }
     return NULL;
+}
+
+int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer *peer)
+{
+    size_t i;
+
+    for (i = 0; i < acl->n; i++) {
+        const p11psk_acl_rule *r = &acl->rules[i];
+
+        if (r->kind != kind && !(r->kind == P11PSK_ACL_ADMIN && kind == P11PSK_ACL_STATUS))
+            continue;
+        if (r->has_uid && r->uid != peer->uid)
+            continue;
+        if (r->has_gid && !in_group(peer, r->gid))
+            continue;
+        return 1;
+    }
+    return 0;
 }
 
 void p11psk_acl_free(p11psk_acl *acl)

@@ -14,7 +14,12 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* What a rule grants: a key (by identity glob), status reports, or administration
+ * (status and cache flushes). */
+enum p11psk_acl_kind { P11PSK_ACL_KEY = 0, P11PSK_ACL_STATUS = 1, P11PSK_ACL_ADMIN = 2 };
+
 typedef struct {
+    int kind;
     char *glob;
     int has_uid;
     uid_t uid;
@@ -31,6 +36,9 @@ typedef struct {
 
 /* Parses one rule's text and appends it. Returns 1, or 0 with a message naming the fix. */
 int p11psk_acl_add(p11psk_acl *acl, const char *text, const char *where, char *err, size_t errlen);
+/* "allow-status COND..." / "allow-admin COND...": conditions only (kind STATUS or ADMIN). */
+int p11psk_acl_add_perm(p11psk_acl *acl, int kind, const char *text, const char *where, char *err,
+                        size_t errlen);
 
 /* The peer as the socket reports it. */
 typedef struct {
@@ -43,6 +51,8 @@ typedef struct {
 /* Returns the first matching rule, or NULL when the peer may not use the key. */
 const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
                                         const p11psk_acl_peer *peer);
+/* Status or admin permission: a matching rule of that kind (admin implies status). */
+int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer *peer);
 
 void p11psk_acl_free(p11psk_acl *acl);
 

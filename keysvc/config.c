@@ -142,6 +142,10 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
 
     if (strcmp(key, "allow") == 0)
         return p11psk_acl_add(&cfg->acl, v, where, err, errlen);
+    if (strcmp(key, "allow-status") == 0)
+        return p11psk_acl_add_perm(&cfg->acl, P11PSK_ACL_STATUS, v, where, err, errlen);
+    if (strcmp(key, "allow-admin") == 0)
+        return p11psk_acl_add_perm(&cfg->acl, P11PSK_ACL_ADMIN, v, where, err, errlen);
     if (*v == '\0') {
         snprintf(err, errlen, "'%s' needs a value: %s = VALUE", key, key);
         return 0;
@@ -170,6 +174,18 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_mode(cfg, v, err, errlen);
     if (strcmp(key, "socket-group") == 0)
         return set_group(cfg, v, err, errlen);
+    if (strcmp(key, "cache") == 0) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+            snprintf(err, errlen, "cache must be on or off");
+            return 0;
+        }
+        cfg->cache = strcmp(v, "on") == 0;
+        return 1;
+    }
+    if (strcmp(key, "cache-ttl") == 0)
+        return set_uint(&cfg->cache_ttl_s, key, v, 1, 86400, err, errlen);
+    if (strcmp(key, "cache-size") == 0)
+        return set_uint(&cfg->cache_size, key, v, 1, 1000000, err, errlen);
     if (strcmp(key, "threads") == 0)
         return set_uint(&cfg->threads, key, v, 0, 64, err, errlen);
     if (strcmp(key, "max-connections") == 0)
@@ -189,7 +205,7 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
     snprintf(err, errlen,
              "unknown key '%s'; known keys: module, token, pin-source, socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, allow, allow-psk-ke, readable-keys, digests, rate-limit",
+             "request-timeout-ms, cache, cache-ttl, cache-size, allow, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }
@@ -204,6 +220,12 @@ static char *trim(char *s)
     while (e > s && isspace((unsigned char)e[-1]))
         *--e = '\0';
     return s;
+}
+
+static int is_rule_key(const char *k)
+{
+    return strcmp(k, "allow") == 0 || strcmp(k, "allow-status") == 0 ||
+           strcmp(k, "allow-admin") == 0;
 }
 
 /* Splits "key = value" (or "allow GLOB ..."). '#' starts a comment at a line or word start. */
@@ -226,7 +248,7 @@ static int split_line(char *line, char **key, char **val)
         p++;
     *key = k;
     if (*p == '\0')
-        return strcmp(k, "allow") == 0 ? (*val = p, 1) : 0;
+        return is_rule_key(k) ? (*val = p, 1) : 0;
     if (*p != '=')
         *p++ = '\0';
     p = trim(p);
@@ -235,7 +257,7 @@ static int split_line(char *line, char **key, char **val)
         *val = trim(p);
         return 1;
     }
-    if (strcmp(k, "allow") == 0) { /* "allow GLOB ..." needs no '=' */
+    if (is_rule_key(k)) { /* "allow GLOB ..." needs no '=' */
         *val = p;
         return 1;
     }
@@ -256,6 +278,9 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->max_connections = 1024;
     cfg->max_connections_peer = 256;
     cfg->request_timeout_ms = 10000;
+    cfg->cache = 1;
+    cfg->cache_ttl_s = 300;
+    cfg->cache_size = 8192;
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
         !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen)) {

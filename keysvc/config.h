@@ -26,6 +26,9 @@ typedef struct {
     unsigned max_connections;       /* all peers together */
     unsigned max_connections_peer;  /* per peer uid */
     unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
+    int cache;                      /* cache PSK-only values (early secret, ...) */
+    unsigned cache_ttl_s;
+    unsigned cache_size;            /* entries */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

@@ -20,7 +20,13 @@ struct p11psk_ladder {
     EVP_MD *md[3]; /* indexed by P11PSK_MD_* */
     EVP_KDF *tls13_kdf;
     EVP_KDF *tls1_prf;
+    p11psk_cache *cache;
 };
+
+void p11psk_ladder_set_cache(p11psk_ladder *lad, p11psk_cache *cache)
+{
+    lad->cache = cache;
+}
 
 p11psk_ladder *p11psk_ladder_new(void)
 {
@@ -62,6 +68,8 @@ const char *p11psk_ladder_step_str(int step)
         return "token";
     case P11PSK_STEP_VALUE:
         return "value";
+    case P11PSK_STEP_CACHE:
+        return "cache";
     }
     return "none";
 }
@@ -134,6 +142,11 @@ int p11psk_ladder_tls13_early(p11psk_ladder *lad, p11psk_token *tok, const p11ps
     *step = P11PSK_STEP_NONE;
     if (!md_ok(md, err))
         return err->status;
+    if (p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_ES, md, es_out,
+                         hs)) {
+        *step = P11PSK_STEP_CACHE;
+        return P11PSK_ST_OK;
+    }
     /* HMAC with an all-zero salt: the key block is zero, so the pads are the bare constants. */
     memset(pad, 0x36, bs);
     st = digest_prefix_key(lad, tok, key, md, pad, bs, inner, step, err);
@@ -142,6 +155,9 @@ int p11psk_ladder_tls13_early(p11psk_ladder *lad, p11psk_token *tok, const p11ps
         st = sw_digest(lad, md, pad, bs, inner, hs, es_out, err);
     }
     OPENSSL_cleanse(inner, sizeof(inner));
+    if (st == P11PSK_ST_OK)
+        p11psk_cache_put(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_ES, md, es_out,
+                         hs);
     return st;
 }
 
@@ -278,10 +294,21 @@ int p11psk_ladder_tls12_prf(p11psk_ladder *lad, p11psk_token *tok, const p11psk_
     }
     st = P11PSK_ST_NEED_READABLE;
     if (headlen + key->len > p11psk_md_block(md)) {
-        /* HMAC keys with H(premaster) here, and the PSK is the premaster's tail. */
-        st = digest_prefix_key(lad, tok, key, md, head, headlen, hsec, step, err);
-        if (st != P11PSK_ST_OK)
-            goto out;
+        /* HMAC keys with H(premaster) here, and the PSK is the premaster's tail. For plain
+         * PSK the premaster depends on the PSK alone: cacheable. */
+        int plain = all_zero(other, otherlen);
+
+        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj,
+                                      P11PSK_CACHE_PMH, md, hsec, p11psk_md_size(md))) {
+            *step = P11PSK_STEP_CACHE;
+        } else {
+            st = digest_prefix_key(lad, tok, key, md, head, headlen, hsec, step, err);
+            if (st != P11PSK_ST_OK)
+                goto out;
+            if (plain)
+                p11psk_cache_put(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_PMH, md,
+                                 hsec, p11psk_md_size(md));
+        }
         secret = hsec;
         seclen = p11psk_md_size(md);
     } else if (key->readable) {

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cache.h"
 #include "token.h"
 
 /* Which rung of the ladder produced a result (logs and tests). */
@@ -20,6 +21,7 @@ enum p11psk_ladder_step {
     P11PSK_STEP_NONE = 0,
     P11PSK_STEP_TOKEN = 1, /* token digested the key (C_DigestKey) */
     P11PSK_STEP_VALUE = 2, /* key value read from a readable key, computed in software */
+    P11PSK_STEP_CACHE = 3, /* PSK-only value from p11pskd's cache (see cache.h) */
 };
 
 typedef struct p11psk_ladder p11psk_ladder;
@@ -27,6 +29,8 @@ typedef struct p11psk_ladder p11psk_ladder;
 /* Private library context + fetched algorithms. NULL on failure. */
 p11psk_ladder *p11psk_ladder_new(void);
 void p11psk_ladder_free(p11psk_ladder *lad);
+/* Values that depend on the PSK alone come from / go to cache (NULL: none). */
+void p11psk_ladder_set_cache(p11psk_ladder *lad, p11psk_cache *cache);
 const char *p11psk_ladder_step_str(int step);
 
 /* TLS 1.3 early secret HKDF-Extract(zeros, PSK) into es_out (hash length). */

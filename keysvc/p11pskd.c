@@ -21,7 +21,7 @@
 #include "server.h"
 #include "token.h"
 
-#define P11PSK_SECURE_HEAP (256 * 1024)
+#define P11PSK_SECURE_HEAP (2 * 1024 * 1024) /* PINs, key values, the cache */
 
 static void usage(FILE *f)
 {
@@ -193,6 +193,7 @@ int main(int argc, char **argv)
     p11psk_config cfg;
     p11psk_token *tok = NULL;
     p11psk_ladder *lad = NULL;
+    p11psk_cache *cache = NULL;
     p11psk_err terr;
     int fg = 0, opt, lfd, rc = 1, activated = 0;
 
@@ -244,6 +245,11 @@ int main(int argc, char **argv)
         snprintf(err, sizeof(err), "cannot set up OpenSSL (default provider, TLS13-KDF)");
         goto fail;
     }
+    if ((cache = p11psk_cache_new(cfg.cache ? cfg.cache_size : 0, cfg.cache_ttl_s)) == NULL) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    p11psk_ladder_set_cache(lad, cache);
     memset(&prm, 0, sizeof(prm));
     prm.module = cfg.module;
     prm.token_uri = cfg.token_uri;
@@ -263,7 +269,7 @@ int main(int argc, char **argv)
                    cfg.path);
     startup_done(NULL);
     sd_notify_msg("READY=1");
-    rc = p11psk_server_run(&cfg, tok, lad, lfd) == 0 ? 0 : 1;
+    rc = p11psk_server_run(&cfg, tok, lad, cache, lfd) == 0 ? 0 : 1;
     sd_notify_msg("STOPPING=1");
     goto cleanup;
 fail:
@@ -276,6 +282,7 @@ cleanup:
 out:
     p11psk_token_close(tok);
     p11psk_ladder_free(lad);
+    p11psk_cache_free(cache);
     p11psk_log(P11PSK_LOG_INFO, "p11pskd stopped");
     p11psk_log_close();
     p11psk_config_free(&cfg);

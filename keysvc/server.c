@@ -175,6 +175,8 @@ typedef struct server {
     pthread_rwlock_t cfglock; /* shared per request, exclusive for a reload */
     p11psk_token *tok;
     p11psk_ladder *lad;
+    p11psk_cache *cache;
+    struct timespec started;
     p11psk_ratelimit rate;
     int lfd;
     int wake[2]; /* becomes readable when the daemon stops */
@@ -513,6 +515,98 @@ static int need(const p11psk_msg *m, int tag, const char *name, outcome *o)
     return 0;
 }
 
+/* Status and admin permissions; root and p11pskd's own user hold both. */
+static int may(server *s, const conn *c, int kind)
+{
+    p11psk_acl_peer peer = {c->cred.uid, c->cred.gid, c->groups, c->ngroups};
+
+    return c->cred.uid == 0 || c->cred.uid == geteuid() ||
+           p11psk_acl_check_perm(&s->cfg->acl, kind, &peer);
+}
+
+static const char *const stat_ops[P11PSK_STAT_OPS] = {"ping", "tls13-early", "tls13-expand",
+                                                      "tls13-extract", "tls12-prf", "other"};
+
+/* One "name value" line per metric; the CLI turns them into text, JSON or Prometheus. */
+static int do_status(server *s, p11psk_frame *resp, outcome *o)
+{
+    char *txt = malloc(P11PSK_WIRE_MAX - 64), res[48];
+    size_t cap = P11PSK_WIRE_MAX - 64, off = 0, i, j, k;
+    p11psk_token_info ti;
+    p11psk_cache_stats cs;
+    struct timespec now;
+    unsigned long n;
+
+    if (txt == NULL)
+        return fail(o, P11PSK_ST_INTERNAL, "out of memory");
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        int w_ = snprintf(txt + off, cap - off, __VA_ARGS__);                                     \
+        if (w_ > 0 && (size_t)w_ < cap - off)                                                      \
+            off += (size_t)w_;                                                                     \
+    } while (0)
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    p11psk_token_state(s->tok, &ti);
+    p11psk_cache_get_stats(s->cache, &cs);
+    ADD("version %s\n", P11PSK_VERSION);
+    ADD("uptime_seconds %ld\n", (long)(now.tv_sec - s->started.tv_sec));
+    ADD("token_label %s\n", ti.label);
+    ADD("token_model %s\n", ti.model);
+    ADD("token_module %s\n", p11psk_token_module(s->tok));
+    ADD("token_available %d\n", ti.available);
+    ADD("token_logged_in %d\n", ti.logged_in);
+    ADD("token_sessions %zu\n", ti.sessions);
+    ADD("token_recoveries %lu\n", ti.recoveries);
+    if (!ti.available)
+        ADD("token_fault %s\n", ti.down_why);
+    ADD("threads %zu\n", s->nworkers);
+    pthread_mutex_lock(&s->peerlock);
+    ADD("connections_open %zu\n", s->nconns);
+    pthread_mutex_unlock(&s->peerlock);
+    ADD("connections_total %lu\n", atomic_load(&s->stats.connections));
+    ADD("cache_enabled %d\n", cs.max_entries > 0);
+    ADD("cache_entries %lu\n", cs.entries);
+    ADD("cache_hits %lu\n", cs.hits);
+    ADD("cache_misses %lu\n", cs.misses);
+    for (i = 0; i < P11PSK_STAT_OPS; i++)
+        for (j = 0; j < P11PSK_ST_MAX_; j++) {
+            if ((n = atomic_load(&s->stats.req[i][j])) == 0)
+                continue;
+            snprintf(res, sizeof(res), "%s", p11psk_status_str((int)j));
+            for (k = 0; res[k] != '\0'; k++)
+                if (res[k] == ' ')
+                    res[k] = '-';
+            ADD("requests{op=\"%s\",result=\"%s\"} %lu\n", stat_ops[i], res, n);
+        }
+#undef ADD
+    p11psk_frame_add(resp, P11PSK_T_INFO, txt, off);
+    free(txt);
+    return P11PSK_ST_OK;
+}
+
+static int do_flush(server *s, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
+{
+    const p11psk_field *hf = &m->f[P11PSK_T_HANDLE];
+    p11psk_handle h;
+    char msg[64];
+    size_t n;
+    int rc;
+
+    if (!hf->present) {
+        n = p11psk_cache_flush(s->cache, NULL, 0);
+        snprintf(o->ident, sizeof(o->ident), "*");
+    } else {
+        if ((rc = p11psk_handle_decode(hf->p, hf->len, &h)) != P11PSK_HANDLE_OK)
+            return fail(o, P11PSK_ST_BAD_HANDLE, "%s", p11psk_handle_strerror(rc));
+        p11psk_hex_encode(h.id, h.idlen, o->ident);
+        n = p11psk_cache_flush(s->cache, h.id, h.idlen);
+        p11psk_token_forget(s->tok, h.id, h.idlen); /* the object may have changed too */
+    }
+    snprintf(msg, sizeof(msg), "flushed %zu", n);
+    p11psk_frame_add_str(resp, P11PSK_T_INFO, msg);
+    return P11PSK_ST_OK;
+}
+
 static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
 {
     const p11psk_field *pf = &m->f[P11PSK_T_PREFIX], *lf = &m->f[P11PSK_T_LABEL];
@@ -520,6 +614,18 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
     size_t i;
 
     switch (m->code) {
+    case P11PSK_OP_STATUS:
+        if (!may(s, c, P11PSK_ACL_STATUS))
+            return fail(o, P11PSK_ST_ACCESS_DENIED,
+                        "uid %lu may not read the status; add allow-status uid=... to %s",
+                        (unsigned long)c->cred.uid, s->cfg->path);
+        return do_status(s, resp, o);
+    case P11PSK_OP_FLUSH:
+        if (!may(s, c, P11PSK_ACL_ADMIN))
+            return fail(o, P11PSK_ST_ACCESS_DENIED,
+                        "uid %lu may not flush the cache; add allow-admin uid=... to %s",
+                        (unsigned long)c->cred.uid, s->cfg->path);
+        return do_flush(s, m, resp, o);
     case P11PSK_OP_PING:
         p11psk_frame_add_str(resp, P11PSK_T_INFO, "p11pskd " P11PSK_VERSION);
         return P11PSK_ST_OK;
@@ -584,11 +690,11 @@ static void log_outcome(const conn *c, const outcome *o, long us)
             result[i] = '-';
 
     p11psk_log(ok ? P11PSK_LOG_INFO : P11PSK_LOG_WARN,
-               "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s latency=%ldus",
+               "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s%s latency=%ldus",
                (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, c->exe,
                p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", result,
                ok ? "" : " (", ok ? "" : o->err.msg, ok ? "" : ")",
-               o->step ? (o->step == P11PSK_STEP_TOKEN ? " step=token" : " step=value") : "", us);
+               o->step ? " step=" : "", o->step ? p11psk_ladder_step_str(o->step) : "", us);
 }
 
 static void stats_count(server *s, int op, int st)
@@ -932,10 +1038,12 @@ static void server_reload(server *s)
     if (!same_str(nc.module, cur->module) || !same_str(nc.token_uri, cur->token_uri) ||
         !same_str(nc.pin_source, cur->pin_source) || !same_str(nc.socket, cur->socket) ||
         nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
-        nc.socket_gid != cur->socket_gid || nc.threads != cur->threads)
+        nc.socket_gid != cur->socket_gid || nc.threads != cur->threads ||
+        nc.cache != cur->cache || nc.cache_ttl_s != cur->cache_ttl_s ||
+        nc.cache_size != cur->cache_size)
         p11psk_log(P11PSK_LOG_WARN,
-                   "reload: module, token, pin-source, socket* and threads changes take effect "
-                   "only after a restart of p11pskd");
+                   "reload: module, token, pin-source, socket*, threads and cache* changes take "
+                   "effect only after a restart of p11pskd");
     pthread_rwlock_wrlock(&s->cfglock);
     old = cur->acl;
     cur->acl = nc.acl;
@@ -969,7 +1077,8 @@ unsigned p11psk_server_threads(const p11psk_config *cfg)
     return cfg->threads > 0 ? cfg->threads : default_threads();
 }
 
-int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad, int listen_fd)
+int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
+                      p11psk_cache *cache, int listen_fd)
 {
     static server s; /* large: keep it off the stack */
     sigset_t sigs;
@@ -980,7 +1089,9 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     s.cfg = cfg;
     s.tok = tok;
     s.lad = lad;
+    s.cache = cache;
     s.lfd = listen_fd;
+    clock_gettime(CLOCK_MONOTONIC, &s.started);
     p11psk_ratelimit_init(&s.rate);
     pthread_mutex_init(&s.peerlock, NULL);
     {

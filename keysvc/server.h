@@ -36,6 +36,7 @@ unsigned p11psk_server_threads(const p11psk_config *cfg);
  * and the running configuration kept. Call with SIGTERM, SIGINT and SIGHUP unblocked in no
  * other thread.
  */
-int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad, int listen_fd);
+int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
+                      p11psk_cache *cache, int listen_fd);
 
 #endif

@@ -35,6 +35,7 @@ struct p11psk_token {
     CK_SLOT_ID slot;
     int logged_in;
     char label[33];
+    char model[17];
     char module[256];
     /* what open was asked for, to reopen after a fault */
     char *uri;
@@ -137,6 +138,14 @@ static void token_label(const CK_TOKEN_INFO *ti, char out[33])
     out[n] = '\0';
 }
 
+static void trimmed(const CK_UTF8CHAR *p, size_t n, char *out)
+{
+    memcpy(out, p, n);
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
 static int slot_choose(p11psk_token *tok, const char *uri_text, CK_TOKEN_INFO *chosen,
                        p11psk_err *err)
 {
@@ -181,6 +190,7 @@ static int slot_choose(p11psk_token *tok, const char *uri_text, CK_TOKEN_INFO *c
             tok->slot = slots[i];
             *chosen = ti;
             snprintf(tok->label, sizeof(tok->label), "%s", lab);
+            trimmed(ti.model, sizeof(ti.model), tok->model);
         }
     }
     if (matches == 1)
@@ -549,6 +559,8 @@ void p11psk_token_state(p11psk_token *tok, p11psk_token_info *info)
     info->logged_in = tok->logged_in;
     info->sessions = tok->nsess;
     info->recoveries = tok->recoveries;
+    snprintf(info->label, sizeof(info->label), "%s", tok->label);
+    snprintf(info->model, sizeof(info->model), "%s", tok->model);
     snprintf(info->down_why, sizeof(info->down_why), "%s", tok->down ? tok->down_why : "");
     pthread_mutex_unlock(&tok->lock);
 }

@@ -50,6 +50,8 @@ typedef struct {
     int logged_in;
     size_t sessions;
     unsigned long recoveries;
+    char label[33];
+    char model[17];
     char down_why[160];
 } p11psk_token_info;
 

@@ -200,6 +200,10 @@ const char *p11psk_op_str(int op)
     switch (op) {
     case P11PSK_OP_PING:
         return "ping";
+    case P11PSK_OP_STATUS:
+        return "status";
+    case P11PSK_OP_FLUSH:
+        return "flush";
     case P11PSK_OP_TLS13_EARLY:
         return "tls13-early";
     case P11PSK_OP_TLS13_EXPAND:

@@ -8,6 +8,10 @@
  *
  * Requests and the fields they carry (r = required, o = optional):
  *   PING            -                                          -> OK: INFO (daemon version text)
+ *   STATUS          -                                          -> OK: INFO ("name value" lines,
+ *                   names in Prometheus style: requests{op="..",result=".."} 12)
+ *   FLUSH           HANDLE(psk) o (absent: every key)          -> OK: INFO ("flushed N")
+ *                   drops cached values of a key, e.g. after `p11psk rotate`
  *   TLS13_EARLY     DIGEST r, HANDLE(psk) r                    -> OK: HANDLE (early-secret handle)
  *   TLS13_EXPAND    DIGEST r, HANDLE(es) r, PREFIX r, LABEL r, DATA o, OUTLEN r -> OK: OUT
  *   TLS13_EXTRACT   DIGEST r, HANDLE(es) r, PREFIX r, LABEL r, IKM o (absent: zeros)
@@ -33,6 +37,8 @@
 
 enum p11psk_op {
     P11PSK_OP_PING = 0x01,
+    P11PSK_OP_STATUS = 0x02, /* status permission (allow-status / allow-admin) */
+    P11PSK_OP_FLUSH = 0x03,  /* admin permission */
     P11PSK_OP_TLS13_EARLY = 0x10,
     P11PSK_OP_TLS13_EXPAND = 0x11,
     P11PSK_OP_TLS13_EXTRACT = 0x12,
