@@ -163,6 +163,14 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         }
         return set_str(&cfg->pin_source, v, err, errlen);
     }
+    if (strcmp(key, "p11-kit-server-address") == 0) {
+        if (strncmp(v, "unix:path=", 10) != 0 && strncmp(v, "vsock:", 6) != 0) {
+            snprintf(err, errlen, "p11-kit-server-address must look like "
+                                  "unix:path=/run/p11-kit/pkcs11 (as `p11-kit server` prints)");
+            return 0;
+        }
+        return set_str(&cfg->p11kit_server, v, err, errlen);
+    }
     if (strcmp(key, "socket") == 0) {
         if (v[0] != '/' || strlen(v) >= 108) {
             snprintf(err, errlen, "socket must be an absolute path shorter than 108 bytes");
@@ -203,7 +211,7 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return 1;
     }
     snprintf(err, errlen,
-             "unknown key '%s'; known keys: module, token, pin-source, socket, socket-mode, "
+             "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
              "request-timeout-ms, cache, cache-ttl, cache-size, allow, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
@@ -322,6 +330,7 @@ void p11psk_config_free(p11psk_config *cfg)
     free(cfg->module);
     free(cfg->token_uri);
     free(cfg->pin_source);
+    free(cfg->p11kit_server);
     free(cfg->socket);
     p11psk_acl_free(&cfg->acl);
     memset(cfg, 0, sizeof(*cfg));

@@ -17,6 +17,7 @@ typedef struct {
     char *module;     /* path or p11-kit module name */
     char *token_uri;  /* RFC 7512 token URI, or NULL: the only initialised token */
     char *pin_source; /* "file:PATH" or "/PATH" (from pin-source or the URI), or NULL */
+    char *p11kit_server; /* P11_KIT_SERVER_ADDRESS for module = p11-kit-client.so, or NULL */
     char *socket;
     mode_t socket_mode;
     int has_socket_group;

@@ -1036,6 +1036,7 @@ static void server_reload(server *s)
         return;
     }
     if (!same_str(nc.module, cur->module) || !same_str(nc.token_uri, cur->token_uri) ||
+        !same_str(nc.p11kit_server, cur->p11kit_server) ||
         !same_str(nc.pin_source, cur->pin_source) || !same_str(nc.socket, cur->socket) ||
         nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
         nc.socket_gid != cur->socket_gid || nc.threads != cur->threads ||

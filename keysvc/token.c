@@ -330,6 +330,11 @@ int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk
     }
     if (tok->pin != NULL)
         memcpy(tok->pin, prm->pin, strlen(prm->pin) + 1);
+    /* p11-kit-client.so reads its server from the environment at C_Initialize. */
+    if (prm->server_address != NULL && setenv("P11_KIT_SERVER_ADDRESS", prm->server_address, 1) != 0) {
+        p11psk_token_close(tok);
+        return p11psk_err_set(err, P11PSK_ST_INTERNAL, "setenv: out of memory");
+    }
     st = module_load(tok, prm->module != NULL ? prm->module : P11PSK_DEFAULT_MODULE, err);
     if (st == P11PSK_ST_OK)
         st = token_attach(tok, err);

@@ -40,6 +40,7 @@ typedef struct {
     const char *token_uri;  /* "pkcs11:token=..." or NULL: the only initialised token */
     const char *pin_source; /* "file:PATH" / "/PATH", or NULL */
     const char *pin;        /* direct PIN (tests only; the daemon and CLI use pin_source) */
+    const char *server_address; /* P11_KIT_SERVER_ADDRESS for p11-kit-client.so, or NULL */
     int rw;                 /* open read/write sessions */
     size_t sessions;        /* session pool size (0: 4); one per worker thread is enough */
 } p11psk_token_params;
