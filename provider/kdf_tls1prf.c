@@ -14,7 +14,7 @@
 #include <openssl/kdf.h>
 #include <openssl/params.h>
 
-#include "p11psk/buf.h"
+#include "p11psk/premaster.h"
 
 #define ALG "TLS1-PRF"
 #define TLS1_PRF_SEED_MAX 1024 /* as OpenSSL's TLS1_PRF_MAXBUF */
@@ -138,27 +138,6 @@ static const OSSL_PARAM *p11psk_tls1_prf_gettable_ctx_params(void *vctx, void *p
     return gettable;
 }
 
-/* Splits a PSK premaster u16 n ‖ other ‖ u16 m ‖ psk. Returns 0 if secret has another shape. */
-static int split_premaster(const p11psk_bytes *s, const uint8_t **other, size_t *otherlen,
-                           const uint8_t **psk, size_t *psklen)
-{
-    size_t n, m;
-
-    if (s->p == NULL || s->len < 4)
-        return 0;
-    n = p11psk_load_be16(s->p);
-    if (2 + n + 2 > s->len)
-        return 0;
-    m = p11psk_load_be16(s->p + 2 + n);
-    if (4 + n + m != s->len)
-        return 0;
-    *other = s->p + 2;
-    *otherlen = n;
-    *psk = s->p + 4 + n;
-    *psklen = m;
-    return 1;
-}
-
 static int tls1_prf_delegate(P11PSK_TLS1_PRF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     OSSL_PARAM params[5], *p = params;
@@ -197,7 +176,8 @@ static int p11psk_tls1_prf_derive(void *vctx, unsigned char *key, size_t keylen,
                          "%s secret is a bare handle, not a PSK premaster secret", ALG);
         return 0;
     }
-    if (!split_premaster(&ctx->secret, &other, &otherlen, &psk, &psklen) ||
+    if (!p11psk_premaster_split(ctx->secret.p, ctx->secret.len, &other, &otherlen, &psk,
+                                &psklen) ||
         !p11psk_handle_has_magic(psk, psklen))
         return tls1_prf_delegate(ctx, key, keylen);
 
