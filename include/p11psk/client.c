@@ -165,6 +165,21 @@ static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     return P11PSK_CALL_OK;
 }
 
+/*
+ * An idle connection must have nothing to read: pending bytes would be a late answer to an
+ * abandoned request, and EOF or an error means the daemon has gone (restart). Either way
+ * the connection is not used for a new request.
+ */
+static int conn_idle_ok(const p11psk_conn *c)
+{
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    int rc;
+
+    while ((rc = poll(&p, 1, 0)) < 0 && errno == EINTR)
+        ;
+    return rc == 0;
+}
+
 int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                      int *err)
 {
@@ -180,6 +195,11 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
         close(c->fd);
         c->fd = -1;
     }
+    c->reopened = 0;
+    if (c->fd >= 0 && !conn_idle_ok(c)) {
+        p11psk_conn_close(c);
+        c->reopened = 1;
+    }
     reused = c->fd >= 0;
     if (!reused && (rc = conn_open(c, err)) != 0)
         return rc;
@@ -187,6 +207,7 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     if (rc == P11PSK_CALL_IO && reused) {
         /* The daemon may have restarted since this connection was opened. */
         p11psk_conn_close(c);
+        c->reopened = 1;
         if ((rc = conn_open(c, err)) != 0)
             return rc;
         rc = call_once(c, req, resp, m, err);

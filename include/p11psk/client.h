@@ -13,6 +13,7 @@ typedef struct {
     int fd;       /* -1 when not connected */
     pid_t pid;    /* process that opened fd: a forked child must not share it */
     int timeout_ms;
+    int reopened; /* the last call found this connection stale (daemon restart) and reconnected */
     char path[108];
 } p11psk_conn;
 
@@ -30,7 +31,10 @@ void p11psk_conn_close(p11psk_conn *c);
 /*
  * Sends req (already finished) and reads the response into resp (P11PSK_WIRE_MAX bytes),
  * parsed into *m. Reconnects when needed; a reused connection that fails is reopened and
- * the request sent once more (requests are idempotent). *err gets errno on failure.
+ * the request sent once more (requests are idempotent). Any failure, a timeout included,
+ * closes the connection, and an idle connection with input pending (EOF, or a late answer)
+ * is reopened before use: an answer is only ever read for the request just sent. Not
+ * thread-safe: one thread per p11psk_conn at a time. *err gets errno on failure.
  */
 int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                      int *err);

@@ -296,3 +296,79 @@ expect_ok_both() {
         fail "$name: round trip but p11pskd served $peers peer process(es)"
     fi
 }
+
+# --- In-process handshakes (p11psk-hsloop) ---
+
+HSLOOP=$BIN/p11psk-hsloop
+
+# hsloop CONF OUT ARGS...: runs p11psk-hsloop (bounded to 120 s) with OPENSSL_CONF=CONF,
+# stdout to OUT and stderr to OUT.err; sets HS_TOTAL, HS_OK, HS_FAILED and HS_RATE from its
+# summary lines, and HS_RC to its exit status. A sanitizer report is a failure (hsloop is
+# our own binary: leaks are checked in it as in p11pskd).
+hsloop() {
+    hsloop_bg "$@"
+    HS_RC=0
+    wait "$HS_PID" || HS_RC=$?
+    hsloop_collect "$2"
+}
+
+# hsloop_bg CONF OUT ARGS...: the same in the background; HS_PID is its PID (also in PIDS).
+# Then wait "$HS_PID" and call hsloop_collect OUT.
+hsloop_bg() {
+    local conf=$1 out=$2
+    shift 2
+    ASAN_OPTIONS=${P11PSK_OWN_ASAN_OPTIONS:-${ASAN_OPTIONS:-}} OPENSSL_CONF=$conf \
+        timeout 120 "$HSLOOP" "$@" >"$out" 2>"$out.err" &
+    HS_PID=$!
+    PIDS+=("$HS_PID")
+}
+
+# hsloop_collect OUT: reads the summary lines (HS_TOTAL ...) and checks for sanitizer reports.
+hsloop_collect() {
+    local out=$1
+    hs_sanitizer_check "$out"
+    HS_TOTAL=$(sed -n 's/^handshakes=\([0-9]*\) .*/\1/p' "$out" | tail -n 1)
+    HS_OK=$(sed -n 's/^handshakes=.* ok=\([0-9]*\) .*/\1/p' "$out" | tail -n 1)
+    HS_FAILED=$(sed -n 's/^handshakes=.* failed=\([0-9]*\)$/\1/p' "$out" | tail -n 1)
+    HS_RATE=$(sed -n 's/^elapsed_ms=.* rate_per_s=\([0-9.]*\)$/\1/p' "$out" | tail -n 1)
+    : "${HS_TOTAL:=0}" "${HS_OK:=0}" "${HS_FAILED:=0}" "${HS_RATE:=0}"
+}
+
+# hs_sanitizer_check OUT: fails on a sanitizer report in OUT.err.
+hs_sanitizer_check() {
+    if grep -q -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$1.err"; then
+        fail "sanitizer report from p11psk-hsloop: $(grep -m1 -E 'Sanitizer|runtime error' "$1.err")"
+    fi
+}
+
+# set_provider_param NAME VALUE: adds a parameter to the p11psk section of $T/openssl.cnf.
+set_provider_param() {
+    sed -i "/^\[p11psk_sect\]/a $1 = $2" "$T/openssl.cnf"
+}
+
+# now_ms: wall-clock milliseconds, the clock p11psk-hsloop's start_ms uses.
+now_ms() { date +%s%3N; }
+
+# hs_window OUT FROM_MS TO_MS PATTERN: sorts the handshakes logged in OUT (hsloop -v) by
+# their time against the window [FROM_MS, TO_MS] and prints "before bad_before during
+# during_ok during_clean during_unclean after bad_after": "before" ended before FROM_MS,
+# "after" started at or after TO_MS, "during" overlaps the window; a failure during the
+# window is clean when its error matches PATTERN (an ERE). Unclean lines go to stderr.
+hs_window() {
+    awk -v a="$2" -v b="$3" -v pat="$4" '
+    /^hs / {
+        s = ""; d = ""
+        for (i = 1; i <= NF; i++) {
+            if ($i ~ /^start_ms=/) s = substr($i, 10) + 0
+            if ($i ~ /^dur_ms=/) d = substr($i, 8) + 0
+        }
+        ok = ($NF == "ok")
+        if (s >= b) { after++; if (!ok) { bad_after++; print "after: " $0 > "/dev/stderr" } }
+        else if (s + d < a) { before++; if (!ok) { bad_before++; print "before: " $0 > "/dev/stderr" } }
+        else if (ok) { during++; during_ok++ }
+        else if ($0 ~ pat) { during++; during_clean++ }
+        else { during++; unclean++; print "during: " $0 > "/dev/stderr" }
+    }
+    END { printf "%d %d %d %d %d %d %d %d\n", before, bad_before, during, during_ok,
+                 during_clean, unclean, after, bad_after }' "$1"
+}
