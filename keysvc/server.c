@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -145,6 +146,8 @@ typedef struct {
     size_t ngroups;
     char exe[256]; /* /proc/PID/exe at connect time, for the audit log */
     long long deadline_ms; /* a started request or a pending answer must be done by then */
+    size_t idx;            /* in its worker's conns[] */
+    uint32_t watching;     /* EPOLLIN or EPOLLOUT */
     uint8_t in[P11PSK_WIRE_HDR + P11PSK_WIRE_MAX];
     size_t inlen;
     size_t need; /* whole frame size once the header is in, else 0 */
@@ -160,8 +163,8 @@ struct server;
 typedef struct {
     struct server *s;
     pthread_t th;
+    int ep; /* epoll: the listening socket, the wake pipe, this worker's connections */
     conn **conns;
-    struct pollfd *pfd;
     size_t nconns;
 } worker;
 
@@ -768,8 +771,14 @@ static void respond(server *s, conn *c, int header_rc)
     }
     c->closing = o.close_after;
     stats_count(s, o.op, st);
-    OPENSSL_cleanse(c->in, c->need > 0 ? c->need : sizeof(c->in));
-    c->inlen = 0;
+    if (header_rc != P11PSK_WIRE_OK || c->need > c->inlen) { /* bad header: closing */
+        OPENSSL_cleanse(c->in, sizeof(c->in));
+        c->inlen = 0;
+    } else { /* keep what followed the frame (a client that did not wait for the answer) */
+        memmove(c->in, c->in + c->need, c->inlen - c->need);
+        OPENSSL_cleanse(c->in + (c->inlen - c->need), c->need);
+        c->inlen -= c->need;
+    }
     c->need = 0;
     log_outcome(c, &o, usec_since(&t0));
 }
@@ -801,25 +810,17 @@ static void respond_locked(server *s, conn *c, int header_rc)
     pthread_rwlock_unlock(&s->cfglock);
 }
 
-static int conn_read(server *s, conn *c)
+/* Answers the frame buffered in c->in if it is complete, then sends the answer. Requests
+ * are answered one at a time: a second frame waits until the first answer is out. */
+static int conn_process(server *s, conn *c)
 {
-    size_t want, bodylen = 0;
-    ssize_t r;
+    size_t bodylen = 0;
     int rc;
 
-    while (c->outlen == 0) {
-        want = c->need == 0 ? P11PSK_WIRE_HDR - c->inlen : c->need - c->inlen;
-        r = recv(c->fd, c->in + c->inlen, want, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        if (r <= 0)
-            return -1; /* EOF or error: the peer is gone */
-        if (c->inlen == 0) /* a request has started: it must be complete in time */
-            c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
-        c->inlen += (size_t)r;
-        if (c->need == 0 && c->inlen == P11PSK_WIRE_HDR) {
+    while (c->outlen == 0 && c->inlen > 0) {
+        if (c->need == 0) {
+            if (c->inlen < P11PSK_WIRE_HDR)
+                break;
             rc = p11psk_wire_header(c->in, &bodylen);
             if (rc != P11PSK_WIRE_OK) {
                 respond_locked(s, c, rc);
@@ -827,14 +828,38 @@ static int conn_read(server *s, conn *c)
             }
             c->need = P11PSK_WIRE_HDR + bodylen;
         }
-        if (c->need != 0 && c->inlen == c->need) {
-            respond_locked(s, c, P11PSK_WIRE_OK);
+        if (c->inlen < c->need)
             break;
-        }
+        respond_locked(s, c, P11PSK_WIRE_OK);
+        if (conn_flush(c) < 0)
+            return -1;
     }
-    /* The answer must be read in time too, or the connection goes. */
-    c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
-    return conn_flush(c);
+    if (c->outlen > 0) /* the answer must be read in time, or the connection goes */
+        c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
+    else if (c->inlen > 0 && c->deadline_ms == 0) /* a request has started */
+        c->deadline_ms = now_ms() + s->cfg->request_timeout_ms;
+    return c->outlen > 0 ? conn_flush(c) : 0;
+}
+
+/* One recv for whatever has arrived (usually a whole request), then process it. */
+static int conn_read(server *s, conn *c)
+{
+    ssize_t r;
+
+    if (c->outlen > 0)
+        return 0; /* no new request before the last answer is out */
+    for (;;) {
+        r = recv(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (r <= 0)
+            return -1; /* EOF or error: the peer is gone */
+        break;
+    }
+    c->inlen += (size_t)r;
+    return conn_process(s, c);
 }
 
 /* Supplementary groups and executable: for group rules and the audit log. */
@@ -873,6 +898,18 @@ static void refuse(int fd, const struct ucred *cr, const char *why)
     p11psk_log(P11PSK_LOG_WARN, "pid=%ld uid=%lu gid=%lu connection refused: %s", (long)cr->pid,
                (unsigned long)cr->uid, (unsigned long)cr->gid, why);
     close(fd);
+}
+
+/* Which events a connection waits for: its answer to go out, or a request. */
+static void conn_watch(worker *w, conn *c, int op)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = c->outlen > 0 ? EPOLLOUT : EPOLLIN;
+    ev.data.ptr = c;
+    c->watching = ev.events;
+    epoll_ctl(w->ep, op, c->fd, &ev);
 }
 
 static void accept_some(worker *w)
@@ -916,17 +953,21 @@ static void accept_some(worker *w)
         c->cred = cr;
         peer_details(c);
         atomic_fetch_add(&s->stats.connections, 1);
+        c->idx = w->nconns;
         w->conns[w->nconns++] = c;
+        conn_watch(w, c, EPOLL_CTL_ADD);
     }
 }
 
-static void worker_drop(worker *w, size_t i)
+static void worker_drop(worker *w, conn *c)
 {
-    conn *c = w->conns[i];
+    size_t i = c->idx;
 
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
     peer_release(w->s, c->cred.uid);
-    conn_free(c);
     w->conns[i] = w->conns[--w->nconns];
+    w->conns[i]->idx = i;
+    conn_free(c);
 }
 
 /* On stop: answer what has fully arrived, flush answers for a bounded time, close all. */
@@ -934,10 +975,9 @@ static void worker_finish(worker *w)
 {
     long long end = now_ms() + STOP_FLUSH_MS;
     struct pollfd p;
-    size_t i;
 
-    for (i = w->nconns; i-- > 0;) {
-        conn *c = w->conns[i];
+    while (w->nconns > 0) {
+        conn *c = w->conns[w->nconns - 1];
         int drop = c->outlen > 0 ? conn_flush(c) < 0 : conn_read(w->s, c) < 0;
 
         while (!drop && c->outlen > 0 && now_ms() < end) {
@@ -947,71 +987,92 @@ static void worker_finish(worker *w)
                 break;
             drop = conn_flush(c) < 0;
         }
-        worker_drop(w, i);
+        worker_drop(w, c);
     }
 }
+
+/* Drops connections whose started request or pending answer is overdue; returns the
+ * next deadline (0: none). */
+static long long worker_deadlines(worker *w, long long now)
+{
+    long long next = 0;
+    size_t i;
+
+    for (i = w->nconns; i-- > 0;) {
+        conn *c = w->conns[i];
+
+        if (c->deadline_ms == 0)
+            continue;
+        if (c->deadline_ms <= now) {
+            p11psk_log(P11PSK_LOG_WARN,
+                       "pid=%ld uid=%lu gid=%lu exe=%s dropped: %s not done within "
+                       "request-timeout-ms = %u",
+                       (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid,
+                       c->exe, c->outlen > 0 ? "answer not read" : "request",
+                       w->s->cfg->request_timeout_ms);
+            worker_drop(w, c);
+        } else if (next == 0 || c->deadline_ms < next) {
+            next = c->deadline_ms;
+        }
+    }
+    return next;
+}
+
+#define EVENTS_MAX 64
 
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     server *s = w->s;
-    long long now, next;
-    size_t i, n;
-    int timeout;
+    struct epoll_event ev[EVENTS_MAX], lev;
+    long long now, next = 0;
+    int i, n, timeout;
 
+    /* The listening socket is shared: EPOLLEXCLUSIVE wakes one worker per connection. */
+    memset(&lev, 0, sizeof(lev));
+    lev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    lev.data.ptr = &s->lfd;
+    epoll_ctl(w->ep, EPOLL_CTL_ADD, s->lfd, &lev);
+    lev.events = EPOLLIN;
+    lev.data.ptr = &s->wake[0];
+    epoll_ctl(w->ep, EPOLL_CTL_ADD, s->wake[0], &lev);
     while (!atomic_load(&s->stopping)) {
-        w->pfd[0].fd = s->wake[0];
-        w->pfd[0].events = POLLIN;
-        w->pfd[1].fd = s->lfd;
-        w->pfd[1].events = POLLIN;
-        next = 0;
-        for (i = 0; i < w->nconns; i++) {
-            conn *c = w->conns[i];
-
-            w->pfd[i + 2].fd = c->fd;
-            w->pfd[i + 2].events = c->outlen > 0 ? POLLOUT : POLLIN;
-            if (c->deadline_ms != 0 && (next == 0 || c->deadline_ms < next))
-                next = c->deadline_ms;
-        }
-        for (i = 0; i < w->nconns + 2; i++)
-            w->pfd[i].revents = 0;
-        n = w->nconns;
         now = now_ms();
         timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
-        if (poll(w->pfd, n + 2, timeout) < 0 && errno != EINTR) {
-            p11psk_log(P11PSK_LOG_ERROR, "poll: %s", strerror(errno));
+        n = epoll_wait(w->ep, ev, EVENTS_MAX, timeout);
+        if (n < 0 && errno != EINTR) {
+            p11psk_log(P11PSK_LOG_ERROR, "epoll_wait: %s", strerror(errno));
             break;
         }
-        if (w->pfd[0].revents & POLLIN)
-            break;
-        now = now_ms();
-        /* Backwards, so that dropping one (swap with the last) is safe. */
-        for (i = n; i-- > 0;) {
-            conn *c = w->conns[i];
-            short ev = w->pfd[i + 2].revents;
-            int drop = 0;
+        for (i = 0; i < n; i++) {
+            conn *c;
+            int drop;
 
-            if (ev & (POLLERR | POLLNVAL))
-                drop = 1;
-            else if (ev != 0)
-                drop = c->outlen > 0 ? conn_flush(c) < 0 : conn_read(s, c) < 0;
-            else if (c->deadline_ms != 0 && c->deadline_ms <= now) {
-                p11psk_log(P11PSK_LOG_WARN,
-                           "pid=%ld uid=%lu gid=%lu exe=%s dropped: %s not done within "
-                           "request-timeout-ms = %u",
-                           (long)c->cred.pid, (unsigned long)c->cred.uid,
-                           (unsigned long)c->cred.gid, c->exe,
-                           c->outlen > 0 ? "answer not read" : "request", s->cfg->request_timeout_ms);
-                drop = 1;
+            if (ev[i].data.ptr == &s->wake[0])
+                goto stop;
+            if (ev[i].data.ptr == &s->lfd) {
+                accept_some(w);
+                continue;
             }
-            if (drop)
-                worker_drop(w, i);
-            else if (c->outlen == 0 && c->inlen == 0)
+            c = ev[i].data.ptr;
+            if (ev[i].events & EPOLLERR)
+                drop = 1;
+            else if (c->outlen > 0)
+                drop = conn_flush(c) < 0 || (c->outlen == 0 && conn_process(s, c) < 0);
+            else
+                drop = conn_read(s, c) < 0;
+            if (drop) {
+                worker_drop(w, c);
+                continue;
+            }
+            if (c->outlen == 0 && c->inlen == 0)
                 c->deadline_ms = 0; /* idle: persistent connections may stay */
+            if ((c->outlen > 0 ? EPOLLOUT : EPOLLIN) != c->watching)
+                conn_watch(w, c, EPOLL_CTL_MOD);
         }
-        if (w->pfd[1].revents & POLLIN)
-            accept_some(w);
+        next = worker_deadlines(w, now_ms());
     }
+stop:
     worker_finish(w);
     return NULL;
 }
@@ -1123,8 +1184,8 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
 
         w->s = &s;
         w->conns = calloc(cfg->max_connections, sizeof(*w->conns));
-        w->pfd = calloc(cfg->max_connections + 2, sizeof(*w->pfd));
-        if (w->conns == NULL || w->pfd == NULL || pthread_create(&w->th, NULL, worker_main, w) != 0)
+        w->ep = epoll_create1(EPOLL_CLOEXEC);
+        if (w->conns == NULL || w->ep < 0 || pthread_create(&w->th, NULL, worker_main, w) != 0)
             break;
         started++;
     }
@@ -1149,7 +1210,8 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
         pthread_join(s.workers[i].th, NULL);
     for (i = 0; s.workers != NULL && i < s.nworkers; i++) {
         free(s.workers[i].conns);
-        free(s.workers[i].pfd);
+        if (s.workers[i].ep > 0)
+            close(s.workers[i].ep);
     }
     free(s.workers);
     free(s.peers);

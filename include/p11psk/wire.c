@@ -58,7 +58,8 @@ size_t p11psk_frame_finish(p11psk_frame *fr)
 
 void p11psk_frame_cleanse(p11psk_frame *fr)
 {
-    OPENSSL_cleanse(fr->buf, sizeof(fr->buf));
+    /* Only what was written can hold secrets; an overflowed frame may have written it all. */
+    OPENSSL_cleanse(fr->buf, fr->w.err || fr->w.len > sizeof(fr->buf) ? sizeof(fr->buf) : fr->w.len);
     fr->w.len = 0;
 }
 

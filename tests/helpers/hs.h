@@ -20,6 +20,9 @@ typedef struct {
     size_t client_psk_len;
     unsigned char server_psk[P11PSK_HS_PSK_MAX];
     size_t server_psk_len;
+    /* OSSL_LIB_CTX for both roles; NULL: the default one, which loaded OPENSSL_CONF. A
+     * benchmark's raw baseline uses a context with the default provider only. */
+    struct ossl_lib_ctx_st *libctx;
 } p11psk_hs_config;
 
 /* The two SSL_CTXs; safe to share between threads once made. */

@@ -1,0 +1,51 @@
+/* p11psk-bench: handshakes with handles against raw keys, and p11pskd under load. */
+#ifndef P11PSK_BENCH_H
+#define P11PSK_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "p11psk/handle.h"
+
+double bench_now(void);
+
+/* ---- service load (svcload.c) ---- */
+
+typedef struct {
+    uint8_t b[P11PSK_HANDLE_LEN];
+} bench_handle;
+
+typedef struct {
+    bench_handle *handles;
+    size_t n;
+} bench_keys;
+
+/* Makes sure n keys PREFIX000000.. exist in the token of config conf (NULL: default
+ * lookup) and returns their handles. */
+int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *out);
+void bench_keys_free(bench_keys *k);
+/* Creates (again) key label with a fresh random value of len bytes, returned with its
+ * handle: the raw side of a handshake needs the value. */
+int bench_key_known(const char *conf, const char *label, uint8_t *value, size_t len,
+                    uint8_t handle[P11PSK_HANDLE_LEN]);
+
+enum { BENCH_OP_EARLY, BENCH_OP_PRF };
+
+typedef struct {
+    const char *socket;
+    size_t clients;
+    double seconds;
+    int op;
+    double rate; /* total requests per second, spread over the clients; 0: back to back */
+} bench_svc_params;
+
+typedef struct {
+    size_t requests;
+    unsigned long errors;
+    double per_s, p50_us, p99_us, max_us;
+    char first_error[200];
+} bench_svc_result;
+
+int bench_svc_run(const bench_svc_params *p, const bench_keys *keys, bench_svc_result *r);
+
+#endif
