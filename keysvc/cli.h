@@ -1,17 +1,40 @@
-/* Shared between the CLI's command files (cli.c, migrate.c). */
+/* Shared between the CLI's command files (cli.c, migrate.c, status.c). */
 #ifndef P11PSK_KEYSVC_CLI_H
 #define P11PSK_KEYSVC_CLI_H
 
+#include <stdint.h>
+#include <stdio.h>
+
 #include "config.h"
 #include "p11psk/handle.h"
+#include "p11psk/wire.h"
 #include "token.h"
+
+/* Longest pkcs11: URI we print: a 255-byte label and a 64-byte CKA_ID, every byte %xx. */
+#define P11PSK_URI_MAX 1280
 
 /* Opens the configured token; prints the reason naming the fix and returns 0 on failure. */
 int p11psk_cli_open_token(const p11psk_config *cfg, int rw, p11psk_token **tok);
 /* The hex handle of a key; prints why and returns 0 if its CKA_ID does not fit a handle. */
 int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 1]);
+/* The key as an RFC 7512 URI: pkcs11:token=...;id=...;object=LABEL;type=secret-key. */
+void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, size_t cap);
+
+/* One request to p11pskd at socket (NULL: the default). Returns the answer's status
+ * (P11PSK_ST_*), or a P11PSK_CALL_* (< 0) with why set. resp: P11PSK_WIRE_MAX bytes. */
+int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
+                           char *why, size_t whylen);
+/* Tells a running p11pskd to drop what it cached about key k (FLUSH), after its key
+ * material changed. Reports on stdout, or a note on stderr; returns 1 if flushed. */
+int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k);
+/* Writes s as a JSON string, quotes included. */
+void p11psk_cli_json_str(FILE *f, const char *s);
 
 extern const char p11psk_usage_migrate[];
 int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv);
+extern const char p11psk_usage_status[];
+int p11psk_cli_status(const p11psk_config *cfg, int argc, char **argv);
+extern const char p11psk_usage_metrics[];
+int p11psk_cli_metrics(const p11psk_config *cfg, int argc, char **argv);
 
 #endif

@@ -603,6 +603,7 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
     p11psk_token *tok = NULL;
     psk_file pf;
     struct stat bst;
+    char uri[P11PSK_URI_MAX];
 
     memset(&pf, 0, sizeof(pf));
     optind = 0; /* GNU getopt: full reset after the "+" global parse */
@@ -659,7 +660,12 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
         counts[l->act]++;
         if (l->act == ACT_KEEP)
             continue;
-        printf("%s:%zu: %s: %s\n", pf.path, i + 1, l->ident, act_str(l->act));
+        if (l->act == ACT_REUSE || l->act == ACT_REPLACE) {
+            p11psk_cli_uri(p11psk_token_label(tok), &l->tokkey, uri, sizeof(uri));
+            printf("%s:%zu: %s: %s: %s\n", pf.path, i + 1, l->ident, act_str(l->act), uri);
+        } else {
+            printf("%s:%zu: %s: %s\n", pf.path, i + 1, l->ident, act_str(l->act));
+        }
         if ((l->act == ACT_IMPORT || l->act == ACT_REPLACE) && l->keylen < TLS12_TOKEN_MIN &&
             !readable)
             shortkeys++;
@@ -689,6 +695,18 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
                 "will reuse them\n",
                 pf.path);
         goto out;
+    }
+    for (i = 0; i < pf.n; i++) {
+        const mline *l = &pf.lines[i];
+
+        if (l->act != ACT_IMPORT && l->act != ACT_REPLACE)
+            continue;
+        p11psk_cli_uri(p11psk_token_label(tok), &l->tokkey, uri, sizeof(uri));
+        printf("%s:%zu: %s: %s %s\n", pf.path, i + 1, l->ident,
+               l->act == ACT_IMPORT ? "imported as" : "replaced", uri);
+        /* A replaced key keeps its CKA_ID: p11pskd must drop what it derived from the old. */
+        if (l->act == ACT_REPLACE)
+            p11psk_cli_flush(cfg, &l->tokkey);
     }
     printf("rewrote %s (%s) with handles: %zu imported, %zu replaced, %zu reused, %zu already "
            "handles\n",

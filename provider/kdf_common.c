@@ -154,11 +154,19 @@ int p11psk_kdf_decode(const P11PSK_PROV_CTX *pc, const char *what, const uint8_t
 int p11psk_kdf_delegate(const P11PSK_PROV_CTX *pc, const char *alg, const OSSL_PARAM params[],
                         unsigned char *out, size_t outlen)
 {
+    P11PSK_PROV_CTX *mpc = (P11PSK_PROV_CTX *)pc; /* the cache below is the only mutable part */
+    int slot = strcmp(alg, "TLS1-PRF") == 0;
     EVP_KDF *kdf;
     EVP_KDF_CTX *kctx = NULL;
     int ret = 0;
 
-    kdf = EVP_KDF_fetch(pc->libctx, alg, P11PSK_DELEGATE_PROPQ);
+    if ((kdf = __atomic_load_n(&mpc->delegate[slot], __ATOMIC_ACQUIRE)) == NULL) {
+        pthread_mutex_lock(&mpc->delegate_lock);
+        if ((kdf = mpc->delegate[slot]) == NULL &&
+            (kdf = EVP_KDF_fetch(pc->libctx, alg, P11PSK_DELEGATE_PROPQ)) != NULL)
+            __atomic_store_n(&mpc->delegate[slot], kdf, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&mpc->delegate_lock);
+    }
     if (kdf == NULL) {
         P11PSK_RAISE(pc, P11PSK_R_DELEGATE_FAILED,
                      "no other provider offers %s (is the default provider active?)", alg);
@@ -171,6 +179,5 @@ int p11psk_kdf_delegate(const P11PSK_PROV_CTX *pc, const char *alg, const OSSL_P
     if (kctx != NULL)
         ret = EVP_KDF_derive(kctx, out, outlen, params) > 0;
     EVP_KDF_CTX_free(kctx);
-    EVP_KDF_free(kdf);
     return ret;
 }

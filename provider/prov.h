@@ -6,6 +6,8 @@
 #include <stdint.h>
 
 #include <openssl/core.h>
+#include <openssl/kdf.h>
+#include <pthread.h>
 #include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
 
@@ -28,6 +30,10 @@ typedef struct p11psk_prov_ctx {
      * take handles for raw keys.
      */
     char config_error[256];
+    /* Delegates fetched once: libssl derives ~20 times per handshake, and a fetch with a
+     * property query of its own is a slow path in OpenSSL 3.0. */
+    pthread_mutex_t delegate_lock;
+    EVP_KDF *delegate[2]; /* TLS13-KDF, TLS1-PRF */
 } P11PSK_PROV_CTX;
 
 /* Error reasons; the strings are registered with the core (provider.c). */

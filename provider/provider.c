@@ -110,6 +110,9 @@ static void p11psk_teardown(void *vctx)
     if (pc == NULL)
         return;
     p11psk_svc_unref();
+    EVP_KDF_free(pc->delegate[0]);
+    EVP_KDF_free(pc->delegate[1]);
+    pthread_mutex_destroy(&pc->delegate_lock);
     OSSL_LIB_CTX_free(pc->libctx);
     OPENSSL_free(pc);
 }
@@ -196,6 +199,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     if (pc == NULL)
         return 0;
     pc->handle = handle;
+    pthread_mutex_init(&pc->delegate_lock, NULL);
     if (!read_config(handle, in, path, sizeof(path), &timeout_ms, pc->config_error,
                      sizeof(pc->config_error)))
         p11psk_debug("invalid configuration: %s", pc->config_error);
@@ -203,6 +207,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
     if (pc->libctx == NULL) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context");
+        pthread_mutex_destroy(&pc->delegate_lock);
         OPENSSL_free(pc);
         return 0;
     }

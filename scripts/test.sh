@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test through ctest.
-#   ./scripts/test.sh            gcc build, all tests; also checks the clang build is clean
+# Installs what is missing, builds, and runs every test through ctest:
+#   1. clang build, warnings are errors;
+#   2. gcc build: unit and integration tests;
+#   3. gcc ASan+UBSan build: the same suites (valgrind and gcore tests skip themselves);
+#   4. clang libFuzzer build: each fuzzer for P11PSK_FUZZ_SECONDS (default 30).
+# P11PSK_QUICK=1 runs only step 2.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$P11PSK_ROOT/scripts/deps.sh"
 
 p11psk_install_deps
+JOBS=${P11PSK_TEST_JOBS:-2}
 
-echo "== clang build (warnings are errors)"
-CC=clang p11psk_build "$P11PSK_ROOT/build-clang" -DP11PSK_TESTS=OFF
+run_ctest() { # DIR [ctest args]: fails if nothing is configured or anything fails
+    local dir=$1 n
+    shift
+    n=$(ctest --test-dir "$dir" -N "$@" | sed -n "s/^Total Tests: //p")
+    [ "${n:-0}" -gt 0 ] || { echo "no tests configured in $dir" >&2; exit 1; }
+    ctest --test-dir "$dir" --output-on-failure --timeout 600 -j "$JOBS" "$@"
+}
 
-echo "== gcc build"
+if [ -z "${P11PSK_QUICK:-}" ]; then
+    echo "== clang build (warnings are errors)"
+    CC=clang p11psk_build "$P11PSK_ROOT/build-clang" -DP11PSK_TESTS=OFF
+fi
+
+echo "== gcc build and tests"
 # TESTS=ON explicitly: demo.sh may have configured build/ without them.
 CC=gcc p11psk_build "$P11PSK_ROOT/build" -DP11PSK_TESTS=ON
+run_ctest "$P11PSK_ROOT/build" -LE fuzz
+[ -n "${P11PSK_QUICK:-}" ] && exit 0
 
-echo "== tests"
-cd "$P11PSK_ROOT/build"
-n=$(ctest -N | sed -n "s/^Total Tests: //p")
-[ "${n:-0}" -gt 0 ] || { echo "no tests configured in build/" >&2; exit 1; }
-ctest --output-on-failure --timeout 600
+echo "== ASan+UBSan build and tests"
+CC=gcc p11psk_build "$P11PSK_ROOT/build-asan" -DP11PSK_TESTS=ON -DP11PSK_SANITIZE=ON
+run_ctest "$P11PSK_ROOT/build-asan" -LE fuzz
+
+echo "== fuzzers (clang, libFuzzer + ASan + UBSan, ${P11PSK_FUZZ_SECONDS:-30} s each)"
+CC=clang p11psk_build "$P11PSK_ROOT/build-fuzz" -DP11PSK_TESTS=ON -DP11PSK_FUZZ=ON \
+    -DP11PSK_FUZZ_SECONDS="${P11PSK_FUZZ_SECONDS:-30}"
+ctest --test-dir "$P11PSK_ROOT/build-fuzz" -L fuzz --output-on-failure -V -j "$JOBS" |
+    grep -E '^[0-9]+: p11psk-fuzz-|Test +#|tests passed|FAILED'

@@ -56,7 +56,7 @@ check_fails "add --hex-file with bad hex" "hex" "${P[@]}" add badhex --hex-file 
 printf '00112233\n' >"$T/short.hex"
 check_fails "add --hex-file with a 4-byte key" "16" "${P[@]}" add short --hex-file "$T/short.hex"
 check_fails "handle of an unknown identity" "not found\|no key" "${P[@]}" handle nosuch
-check "rm gen" "${P[@]}" rm gen
+check "rm gen --yes" "${P[@]}" rm gen --yes
 check_fails "handle after rm" "not found\|no key" "${P[@]}" handle gen
 rc=0
 "${P[@]}" frobnicate >/dev/null 2>&1 || rc=$?

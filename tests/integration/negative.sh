@@ -12,7 +12,7 @@ expect_ok "control: the good handle works" raw "$raw" handle "$h" -tls1_3
 
 # Unknown key: a well-formed handle whose key was removed from the token.
 gone=$(add_hex gone "$(rand_hex 32)")
-"$BIN/p11psk" --config "$T/p11pskd.conf" rm gone >/dev/null
+"$BIN/p11psk" --config "$T/p11pskd.conf" rm gone --yes >/dev/null
 for v in -tls1_3 -tls1_2; do
     expect_fail "unknown key $v" "key not found" raw "$raw" handle "$gone" "$v" \
         -cipher PSK-AES128-GCM-SHA256

@@ -57,7 +57,7 @@ expect_ok "tls12 under valgrind: value path (readable 16-byte key)" raw "$raw16"
 if [ -x "$BIN/p11psk-wireprobe" ]; then
     timeout 60 "$BIN/p11psk-wireprobe" "$T/p11psk.sock" 000000020701 >/dev/null || true
 fi
-"$BIN/p11psk" --config "$T/p11pskd.conf" rm vg16 >/dev/null
+"$BIN/p11psk" --config "$T/p11pskd.conf" rm vg16 --yes >/dev/null
 expect_fail "tls12 under valgrind: removed key refused" "key not found" \
     raw "$raw16" handle "$h16" -tls1_2 -cipher PSK-AES128-GCM-SHA256
 
