@@ -2,8 +2,8 @@
  * TLS13-KDF (the HKDF variant libssl uses for TLS 1.3), with p11psk handles.
  *
  * libssl's calls that involve a PSK handle:
- *   EXTRACT_ONLY, KEY = PSK handle, no SALT      -> early secret: p11pskd TLS13_EARLY returns an
- *                                                   early-secret (ES) handle in its place
+ *   EXTRACT_ONLY, KEY = PSK handle, no SALT      -> early secret: an early-secret (ES) handle
+ *                                                   for the same key, made locally
  *   EXPAND_ONLY,  KEY = ES handle                 -> binder/early keys: TLS13_EXPAND
  *   EXTRACT_ONLY, SALT = ES handle, KEY = (EC)DHE -> handshake secret: TLS13_EXTRACT
  * Everything without a handle goes to another provider unchanged.
@@ -255,11 +255,15 @@ static int check_hash_outlen(const P11PSK_TLS13_KDF_CTX *ctx, int md, size_t out
     return 0;
 }
 
-/* Early secret of a PSK handle: the daemon answers with an ES handle, our "early secret". */
+/*
+ * Early secret of a PSK handle: an early-secret (ES) handle stands in for it. The ES handle
+ * names the same CKA_ID, so it is made here without a round trip to p11pskd (which still
+ * answers TLS13_EARLY for other clients); the key and the ACL are checked by the expand or
+ * extract that follows, and a failure there names the cause just the same.
+ */
 static int tls13_early(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
-    p11psk_frame fr;
     p11psk_handle h;
     int md;
 
@@ -267,19 +271,14 @@ static int tls13_early(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t out
         !p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_PSK, 0, &h) ||
         !check_hash_outlen(ctx, md, outlen))
         return 0;
-    p11psk_frame_start(&fr, P11PSK_OP_TLS13_EARLY);
-    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
-    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->key.p, ctx->key.len);
-    if (!p11psk_svc_call(pc, &fr, P11PSK_T_HANDLE, out, outlen))
-        return 0;
-    /* Whatever comes back is handed to libssl as a secret: it must be a handle we accept. */
-    if (p11psk_handle_decode(out, outlen, &h) != P11PSK_HANDLE_OK || h.type != P11PSK_HT_TLS13_ES ||
-        h.digest != md) {
-        OPENSSL_cleanse(out, outlen);
-        P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR,
-                     "TLS13_EARLY answer is not a %s early-secret handle", p11psk_md_name(md));
+    h.type = P11PSK_HT_TLS13_ES;
+    h.digest = (uint8_t)md;
+    if (!p11psk_handle_encode(&h, out, outlen)) {
+        P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot encode a %s early-secret handle",
+                     p11psk_md_name(md));
         return 0;
     }
+    p11psk_debug("%s: early-secret handle made locally", ALG);
     return 1;
 }
 

@@ -83,7 +83,7 @@ grep -q "access-denied (uid $(id -u "$UA") .*may not use 'beta'" "$T/p11pskd.log
 ua=$(id -u "$UA")
 gs=$(getent group "$GS" | cut -d: -f3)
 ts='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z p11pskd\[[0-9]+\]: (info|warn): '
-ok_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=$(readlink -f "$(command -v openssl)") op=tls13-early key=alpha result=ok step=token latency=[0-9]+us\$"
+ok_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=$(readlink -f "$(command -v openssl)") op=tls13-expand key=alpha result=ok step=(token|cache) latency=[0-9]+us\$"
 deny_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=\\S+ op=tls12-prf key=beta result=access-denied \\(.*\\) latency=[0-9]+us\$"
 grep -q -E "$ok_re" "$T/p11pskd.log" && pass "audit line for a granted request has every field" ||
     fail "no audit line like: $ok_re"

@@ -25,7 +25,7 @@ expect_ok "TLS 1.3 handshake 2" raw "$raw" handle "$h" -tls1_3
 expect_ok "TLS 1.2 handshake" handle "$h" raw "$raw" -tls1_2 -cipher PSK-AES128-GCM-SHA256
 sleep 0.2 # each request is logged as it is answered
 log_count() { grep -c "op=$1 .*result=ok" "$T/p11pskd.log" || true; }
-early=$(log_count tls13-early)
+early=$(log_count tls13-expand)
 prf=$(log_count tls12-prf)
 
 # --- the readable report
@@ -36,10 +36,10 @@ grep -q '^             available: yes, logged in: yes' "$T/status.txt" &&
     pass "status: token available and logged in" || fail "status: $(cat "$T/status.txt")"
 grep -q -E "^p11pskd [0-9.]+ at $T/p11psk.sock, up " "$T/status.txt" && pass "status: version and uptime" ||
     fail "status header: $(head -n 1 "$T/status.txt")"
-n=$(awk '$1 == "tls13-early" && $2 == "ok" {print $3} $2 == "tls13-early" && $3 == "ok" {print $4}' "$T/status.txt")
+n=$(awk '$1 == "tls13-expand" && $2 == "ok" {print $3} $2 == "tls13-expand" && $3 == "ok" {print $4}' "$T/status.txt")
 [ -n "$n" ] && [ "$n" -gt 0 ] && [ "$n" = "$early" ] &&
-    pass "status: tls13-early ok = $n, as in the audit log" ||
-    fail "status: tls13-early ok '$n', log $early: $(cat "$T/status.txt")"
+    pass "status: tls13-expand ok = $n, as in the audit log" ||
+    fail "status: tls13-expand ok '$n', log $early: $(cat "$T/status.txt")"
 grep -q -E '^cache +on: [0-9]+ entries, [0-9]+ hits, [0-9]+ misses' "$T/status.txt" &&
     pass "status: cache line" || fail "status cache: $(cat "$T/status.txt")"
 
@@ -52,7 +52,7 @@ if perl -MJSON::PP -e '
     die "token_label $j->{token_label}\n" unless $j->{token_label} eq "p11psk-test";
     die "token_available\n" unless $j->{token_available} && JSON::PP::is_bool($j->{token_available});
     die "uptime\n" unless $j->{uptime_seconds} =~ /^\d+$/;
-    die "early $c{q(tls13-early/ok)} != $early\n" unless $c{"tls13-early/ok"} == $early;
+    die "early $c{q(tls13-expand/ok)} != $early\n" unless $c{"tls13-expand/ok"} == $early;
     die "prf $c{q(tls12-prf/ok)} != $prf\n" unless $c{"tls12-prf/ok"} == $prf;
     my $sum = 0; $sum += $_ for values %c;
     die "requests_total $j->{requests_total} != $sum\n" unless $j->{requests_total} == $sum;
@@ -90,7 +90,7 @@ else
     fail "metrics format: $(cat "$T/prom.out")"
 fi
 for want in '^p11psk_up 1$' '^p11psk_token_available 1$' '^p11psk_cache_hits_total [0-9]+$' \
-    "^p11psk_requests_total\\{op=\"tls13-early\",result=\"ok\"\\} $early\$" \
+    "^p11psk_requests_total\\{op=\"tls13-expand\",result=\"ok\"\\} $early\$" \
     '^p11psk_info\{version="[0-9.]+",token="p11psk-test",'; do
     grep -q -E "$want" "$T/metrics.prom" && pass "metrics has $want" || fail "metrics lacks $want"
 done

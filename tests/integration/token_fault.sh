@@ -102,10 +102,10 @@ timed() {
     printf -v "$var" '%s' "$(($(now_ms) - t0))"
 }
 
-# last_latency_us RESULT: latency of the last logged tls13-early request with RESULT (a key
+# last_latency_us RESULT: latency of the last logged tls13-expand request with RESULT (a key
 # the token could not look up is logged by its CKA_ID, not its identity).
 last_latency_us() {
-    { grep -E "op=tls13-early key=[^ ]* result=$1" "$T/p11pskd.log" || true; } | tail -n 1 |
+    { grep -E "op=tls13-expand key=[^ ]* result=$1" "$T/p11pskd.log" || true; } | tail -n 1 |
         sed -n 's/.*latency=\([0-9]*\)us.*/\1/p'
 }
 
@@ -236,7 +236,7 @@ if [ "$ok" = 1 ]; then
 else
     fail "after SIGCONT: $REASON"
 fi
-lat=$({ grep -E 'op=tls13-early key=hang result=ok' "$T/p11pskd.log" || true; } | head -n 1 |
+lat=$({ grep -E 'op=tls13-expand key=hang result=ok' "$T/p11pskd.log" || true; } | head -n 1 |
     sed -n 's/.*latency=\([0-9]*\)us.*/\1/p')
 log "note: the stalled request finished in p11pskd after ${lat:-?} us"
 
