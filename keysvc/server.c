@@ -527,8 +527,8 @@ static int may(server *s, const conn *c, int kind)
            p11psk_acl_check_perm(&s->cfg->acl, kind, &peer);
 }
 
-static const char *const stat_ops[P11PSK_STAT_OPS] = {"ping", "tls13-early", "tls13-expand",
-                                                      "tls13-extract", "tls12-prf", "other"};
+static const char *const stat_ops[P11PSK_STAT_OPS] = {
+    "ping", "tls13-early", "tls13-expand", "tls13-extract", "tls12-prf", "status", "flush", "other"};
 
 /* One "name value" line per metric; the CLI turns them into text, JSON or Prometheus. */
 static int do_status(server *s, p11psk_frame *resp, outcome *o)
@@ -571,6 +571,10 @@ static int do_status(server *s, p11psk_frame *resp, outcome *o)
     ADD("cache_entries %lu\n", cs.entries);
     ADD("cache_hits %lu\n", cs.hits);
     ADD("cache_misses %lu\n", cs.misses);
+    ADD("cache_ttl_seconds %lu\n", cs.ttl_s);
+    ADD("cache_size %lu\n", cs.max_entries);
+    ADD("max_connections %u\n", s->cfg->max_connections);
+    ADD("max_connections_per_peer %u\n", s->cfg->max_connections_peer);
     for (i = 0; i < P11PSK_STAT_OPS; i++)
         for (j = 0; j < P11PSK_ST_MAX_; j++) {
             if ((n = atomic_load(&s->stats.req[i][j])) == 0)
@@ -719,6 +723,12 @@ static void stats_count(server *s, int op, int st)
         break;
     case P11PSK_OP_TLS12_PRF:
         i = P11PSK_STAT_PRF;
+        break;
+    case P11PSK_OP_STATUS:
+        i = P11PSK_STAT_STATUS;
+        break;
+    case P11PSK_OP_FLUSH:
+        i = P11PSK_STAT_FLUSH;
         break;
     default:
         i = P11PSK_STAT_OTHER;
@@ -884,6 +894,34 @@ static void peer_details(conn *c)
             c->exe[n] = '_';
 }
 
+/* At most one line per second for refused connections (a flood would fill the log); the
+ * line says how many were not logged. */
+static void refuse_log(const struct ucred *cr, const char *why)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static long long last_ms;
+    static unsigned long quiet;
+    long long now = now_ms();
+    unsigned long n = 0;
+    int log = 0;
+
+    pthread_mutex_lock(&lock);
+    if (now - last_ms >= 1000) {
+        log = 1;
+        n = quiet;
+        quiet = 0;
+        last_ms = now;
+    } else {
+        quiet++;
+    }
+    pthread_mutex_unlock(&lock);
+    if (log)
+        p11psk_log(P11PSK_LOG_WARN,
+                   "pid=%ld uid=%lu gid=%lu connection refused: %s (%lu more refused since the "
+                   "last such line)",
+                   (long)cr->pid, (unsigned long)cr->uid, (unsigned long)cr->gid, why, n);
+}
+
 /* A refused peer gets one answer frame (its first request reads it) and a closed socket. */
 static void refuse(int fd, const struct ucred *cr, const char *why)
 {
@@ -895,8 +933,7 @@ static void refuse(int fd, const struct ucred *cr, const char *why)
     if ((n = p11psk_frame_finish(&f)) > 0 && send(fd, f.buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* the peer is gone already */
     }
-    p11psk_log(P11PSK_LOG_WARN, "pid=%ld uid=%lu gid=%lu connection refused: %s", (long)cr->pid,
-               (unsigned long)cr->uid, (unsigned long)cr->gid, why);
+    refuse_log(cr, why);
     close(fd);
 }
 

@@ -12,7 +12,7 @@
 
 /* Request counters by operation and result, for status reports. */
 enum { P11PSK_STAT_PING, P11PSK_STAT_EARLY, P11PSK_STAT_EXPAND, P11PSK_STAT_EXTRACT,
-       P11PSK_STAT_PRF, P11PSK_STAT_OTHER, P11PSK_STAT_OPS };
+       P11PSK_STAT_PRF, P11PSK_STAT_STATUS, P11PSK_STAT_FLUSH, P11PSK_STAT_OTHER, P11PSK_STAT_OPS };
 
 typedef struct {
     atomic_ulong req[P11PSK_STAT_OPS][P11PSK_ST_MAX_];

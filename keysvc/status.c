@@ -187,7 +187,8 @@ static int known_name(const char *name)
         "token_module",     "token_available", "token_logged_in",   "token_sessions",
         "token_recoveries", "token_fault",     "threads",           "connections_open",
         "connections_total", "cache_enabled",  "cache_entries",     "cache_hits",
-        "cache_misses",
+        "cache_misses",     "cache_ttl_seconds", "cache_size",     "max_connections",
+        "max_connections_per_peer",
     };
     size_t i;
 
@@ -218,9 +219,12 @@ static void print_report(const status_info *si)
     printf("threads      %s\n", svd(si, "threads"));
     printf("connections  %s open, %s total\n", svd(si, "connections_open"),
            svd(si, "connections_total"));
-    printf("cache        %s: %s entries, %s hits, %s misses\n",
+    printf("connections  limits: %s in all, %s per peer uid\n", svd(si, "max_connections"),
+           svd(si, "max_connections_per_peer"));
+    printf("cache        %s: %s entries of %s, ttl %s s, %s hits, %s misses\n",
            strcmp(yesno(si, "cache_enabled"), "yes") == 0 ? "on" : "off",
-           svd(si, "cache_entries"), svd(si, "cache_hits"), svd(si, "cache_misses"));
+           svd(si, "cache_entries"), svd(si, "cache_size"), svd(si, "cache_ttl_seconds"),
+           svd(si, "cache_hits"), svd(si, "cache_misses"));
     for (i = 0; i < si->n; i++) {
         if (!request_labels(si->name[i], op, sizeof(op), res, sizeof(res)))
             continue;
@@ -321,6 +325,11 @@ static const struct {
     {"cache_entries", "p11psk_cache_entries", "gauge", "Values in the cache."},
     {"cache_hits", "p11psk_cache_hits_total", "counter", "Cache lookups answered from the cache."},
     {"cache_misses", "p11psk_cache_misses_total", "counter", "Cache lookups that missed."},
+    {"cache_ttl_seconds", "p11psk_cache_ttl_seconds", "gauge", "Lifetime of a cached value."},
+    {"cache_size", "p11psk_cache_size", "gauge", "Most values the cache holds (cache-size)."},
+    {"max_connections", "p11psk_max_connections", "gauge", "max-connections."},
+    {"max_connections_per_peer", "p11psk_max_connections_per_peer", "gauge",
+     "max-connections-per-peer."},
     {"requests", "p11psk_requests_total", "counter", "Requests answered, by operation and result."},
 };
 

@@ -195,7 +195,14 @@ static int slot_choose(p11psk_token *tok, const char *uri_text, CK_TOKEN_INFO *c
     }
     if (matches == 1)
         goto out;
-    if (present == 0)
+    if (present == 0 && strstr(tok->module, "p11-kit-client") != NULL)
+        st = p11psk_err_set(err, P11PSK_ST_UNAVAILABLE,
+                            "module %s sees no token: the p11-kit server at %s is unreachable "
+                            "or exports none; check p11-kit-server-address and the server",
+                            tok->module,
+                            getenv("P11_KIT_SERVER_ADDRESS") ? getenv("P11_KIT_SERVER_ADDRESS")
+                                                             : "(P11_KIT_SERVER_ADDRESS unset)");
+    else if (present == 0)
         st = p11psk_err_set(err, P11PSK_ST_UNAVAILABLE,
                             "no initialised token in module %s; create one, e.g. "
                             "softhsm2-util --init-token --free --label p11psk",
@@ -705,6 +712,31 @@ static int op_find(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, CK_RV 
     return P11PSK_ST_OK;
 }
 
+static int op_state(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, CK_RV *rv,
+                    const char **fn, p11psk_err *err)
+{
+    CK_SESSION_INFO si;
+
+    *fn = "C_GetSessionInfo";
+    if ((*rv = tok->fl->C_GetSessionInfo(sess, &si)) != CKR_OK)
+        return p11psk_err_ckr(err, *rv, *fn);
+    *(CK_STATE *)varg = si.state;
+    return P11PSK_ST_OK;
+}
+
+/* True when we hold a PIN but the token says our sessions are public (logged out). */
+static int login_lost(p11psk_token *tok)
+{
+    CK_STATE state = CKS_RO_USER_FUNCTIONS;
+    p11psk_err err;
+
+    if (tok->pin == NULL && tok->pin_source == NULL)
+        return 0;
+    if (with_session(tok, op_state, &state, &err) != P11PSK_ST_OK)
+        return 0;
+    return state == CKS_RO_PUBLIC_SESSION || state == CKS_RW_PUBLIC_SESSION;
+}
+
 static unsigned cache_hash(const uint8_t *id, size_t idlen)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
@@ -762,6 +794,23 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
     id_hex(id, idlen, hex);
     if ((st = with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;
+    /* Nothing found may mean the token forgot our login (private objects vanish then);
+     * two objects, a rotation between its create and destroy. Look once more. */
+    if (a.n == 0 && login_lost(tok)) {
+        p11psk_err why;
+
+        p11psk_err_set(&why, P11PSK_ST_NOT_FOUND, "CKA_ID %s not found while logged out", hex);
+        relogin(tok, &why);
+        if ((st = with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
+            return st;
+    } else if (a.n > 1) {
+        struct timespec pause = {0, 20 * 1000 * 1000};
+
+        free(a.keys);
+        nanosleep(&pause, NULL);
+        if ((st = with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
+            return st;
+    }
     if (a.n > 0)
         *key = a.keys[0];
     free(a.keys);

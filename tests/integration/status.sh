@@ -40,7 +40,7 @@ n=$(awk '$1 == "tls13-expand" && $2 == "ok" {print $3} $2 == "tls13-expand" && $
 [ -n "$n" ] && [ "$n" -gt 0 ] && [ "$n" = "$early" ] &&
     pass "status: tls13-expand ok = $n, as in the audit log" ||
     fail "status: tls13-expand ok '$n', log $early: $(cat "$T/status.txt")"
-grep -q -E '^cache +on: [0-9]+ entries, [0-9]+ hits, [0-9]+ misses' "$T/status.txt" &&
+grep -q -E '^cache +on: [0-9]+ entries of [0-9]+, ttl [0-9]+ s, [0-9]+ hits, [0-9]+ misses' "$T/status.txt" &&
     pass "status: cache line" || fail "status cache: $(cat "$T/status.txt")"
 
 # --- JSON
