@@ -8,7 +8,7 @@
 
 #include "p11psk/handle.h"
 
-#define BUCKETS 4096 /* power of two */
+#define BUCKETS 16384 /* power of two */
 #define VAL_MAX 48
 
 struct ent {

@@ -288,7 +288,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->request_timeout_ms = 10000;
     cfg->cache = 1;
     cfg->cache_ttl_s = 300;
-    cfg->cache_size = 8192;
+    cfg->cache_size = 16384;
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
         !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen)) {

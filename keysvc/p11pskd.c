@@ -21,7 +21,7 @@
 #include "server.h"
 #include "token.h"
 
-#define P11PSK_SECURE_HEAP (2 * 1024 * 1024) /* PINs, key values, the cache */
+#define P11PSK_SECURE_HEAP (4 * 1024 * 1024) /* PINs, key values, the cache */
 
 static void usage(FILE *f)
 {
@@ -259,6 +259,20 @@ int main(int argc, char **argv)
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
         snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);
         goto fail;
+    }
+    {
+        struct timespec t0, t1;
+        size_t nkeys = 0;
+
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (p11psk_token_prefetch(tok, &nkeys, &terr) == P11PSK_ST_OK) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            p11psk_log(P11PSK_LOG_INFO, "%zu keys in token '%s' (looked up in %ld ms)", nkeys,
+                       p11psk_token_label(tok),
+                       (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+        } else {
+            p11psk_log(P11PSK_LOG_WARN, "cannot list the token's keys: %s", terr.msg);
+        }
     }
     p11psk_log(P11PSK_LOG_INFO,
                "p11pskd %s serving module %s, token '%s', socket %s%s (%zu allow "

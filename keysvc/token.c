@@ -13,14 +13,17 @@
 #include "log.h"
 #include "p11psk/wire.h"
 
-#define CACHE_BUCKETS 4096 /* power of two; chains stay short up to ~10^4 keys */
+#define CACHE_BUCKETS 16384 /* power of two; chains stay short up to ~10^4 keys */
 #define SESS_MAX 64
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
+#define RESCAN_MIN_MS 10000 /* a lookup miss rescans the whole token at most this often */
 
 struct cache_ent {
     struct cache_ent *next;
     p11psk_key key;
+    unsigned long scan; /* the full scan that wrote it (0: a single lookup) */
+    int clash;          /* that scan saw this CKA_ID twice: never answered from here */
 };
 
 /*
@@ -57,6 +60,8 @@ struct p11psk_token {
 
     pthread_rwlock_t cachelock;
     struct cache_ent *cache[CACHE_BUCKETS];
+    long long scanned_ms; /* last full scan (under lock) */
+    unsigned long scans;
 };
 
 static long long mono_ms(void)
@@ -770,6 +775,76 @@ void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
     pthread_rwlock_unlock(&tok->cachelock);
 }
 
+/* Adds every key the token holds to the lookup cache: one scan instead of one search per
+ * key (searches grow with the object count). A CKA_ID that two keys share is left out, so
+ * its lookup reports the clash. */
+static int rescan_due(p11psk_token *tok)
+{
+    long long now = mono_ms();
+    int due;
+
+    pthread_mutex_lock(&tok->lock);
+    due = now - tok->scanned_ms >= RESCAN_MIN_MS;
+    if (due) /* one thread rescans; the others search as before */
+        tok->scanned_ms = now;
+    pthread_mutex_unlock(&tok->lock);
+    return due;
+}
+
+int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    struct find_arg a = {t, 1, NULL, 0};
+    struct cache_ent **pp, *e;
+    unsigned long scan;
+    size_t i, j, n = 0;
+    int st;
+
+    pthread_mutex_lock(&tok->lock);
+    tok->scanned_ms = mono_ms();
+    pthread_mutex_unlock(&tok->lock);
+    if ((st = with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
+        return st;
+    pthread_rwlock_wrlock(&tok->cachelock);
+    scan = ++tok->scans;
+    for (i = 0; i < a.n; i++) {
+        p11psk_key *k = &a.keys[i];
+
+        if (!key_type_ok(k->type) || k->idlen == 0 || k->idlen > P11PSK_ID_MAX || k->len == 0 ||
+            k->len > P11PSK_KEY_LEN_MAX)
+            continue;
+        pp = cache_slot(tok, k->id, k->idlen);
+        if ((e = *pp) == NULL) {
+            if ((e = calloc(1, sizeof(*e))) == NULL)
+                break;
+            *pp = e;
+        } else if (e->scan == scan) { /* a second key with this CKA_ID */
+            e->clash = 1;
+            continue;
+        }
+        e->key = *k;
+        e->scan = scan;
+        e->clash = 0;
+        n++;
+    }
+    /* Clashing ids are searched one by one, which reports the clash. */
+    for (j = 0; j < CACHE_BUCKETS; j++)
+        for (pp = &tok->cache[j]; (e = *pp) != NULL;)
+            if (e->clash) {
+                *pp = e->next;
+                free(e);
+                n--;
+            } else {
+                pp = &e->next;
+            }
+    pthread_rwlock_unlock(&tok->cachelock);
+    free(a.keys);
+    if (count != NULL)
+        *count = n;
+    return P11PSK_ST_OK;
+}
+
 int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
                          p11psk_err *err)
 {
@@ -791,6 +866,17 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
     pthread_rwlock_unlock(&tok->cachelock);
     if (hit)
         return P11PSK_ST_OK;
+    if (rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK) {
+        pthread_rwlock_rdlock(&tok->cachelock);
+        pp = cache_slot(tok, id, idlen);
+        if (*pp != NULL) {
+            *key = (*pp)->key;
+            hit = 1;
+        }
+        pthread_rwlock_unlock(&tok->cachelock);
+        if (hit)
+            return P11PSK_ST_OK;
+    }
     id_hex(id, idlen, hex);
     if ((st = with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;

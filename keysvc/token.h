@@ -81,6 +81,9 @@ CK_SESSION_HANDLE p11psk_token_session(const p11psk_token *tok);
  * P11PSK_ST_OK, P11PSK_ST_NOT_FOUND, P11PSK_ST_UNSUPPORTED (key type) or P11PSK_ST_TOKEN. */
 int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
                          p11psk_err *err);
+/* Fills the lookup cache with every key in the token (one scan); *count gets the number.
+ * A lookup miss does the same at most every 10 s, so keys added later are found in bulk. */
+int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err);
 /* Drops a cached entry (call when the token said the object handle is invalid). */
 void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen);
 

@@ -25,6 +25,7 @@ typedef struct {
     int rounds;
     int json;
     double rate;
+    size_t load_threads;
     int first_json;
 } opts;
 
@@ -42,6 +43,7 @@ static void usage(FILE *f)
             "  -r, --rounds R      interleaved slices per handshake measurement (default 6)\n"
             "  -R, --rate N        also measure service latency at N derivations/s offered\n"
             "                      in total (default 20000; 0: only back to back)\n"
+            "  -T, --load-threads N  threads driving the service connections (default 2)\n"
             "  -j, --json          one JSON object per line instead of tables\n"
             "  -h, --help          this help\n");
 }
@@ -88,7 +90,8 @@ static int run_service(const opts *o, const char *part, const size_t *nkeys, siz
             p.socket = o->socket;
             p.clients = clients[j];
             p.seconds = o->seconds;
-            p.op = BENCH_OP_EARLY;
+            p.op = BENCH_OP_EXPAND;
+            p.threads = o->load_threads;
             /* A short warm-up fills p11pskd's caches, as in steady operation. */
             p.seconds = 0.3;
             bench_svc_run(&p, &keys, &r);
@@ -119,7 +122,7 @@ int main(int argc, char **argv)
     static const struct option lo[] = {
         {"config", required_argument, NULL, 'c'}, {"seconds", required_argument, NULL, 's'},
         {"rounds", required_argument, NULL, 'r'}, {"json", no_argument, NULL, 'j'},
-        {"rate", required_argument, NULL, 'R'},
+        {"rate", required_argument, NULL, 'R'}, {"load-threads", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     static const size_t clients[] = {1, 8, 64}, one[] = {1}, scale[] = {1, 1000, 10000};
@@ -132,10 +135,14 @@ int main(int argc, char **argv)
     o.seconds = 3;
     o.rounds = 6;
     o.rate = 20000;
-    while ((c = getopt_long(argc, argv, "c:s:r:R:jh", lo, NULL)) != -1) {
+    o.load_threads = 2;
+    while ((c = getopt_long(argc, argv, "c:s:r:R:T:jh", lo, NULL)) != -1) {
         switch (c) {
         case 'R':
             o.rate = atof(optarg);
+            break;
+        case 'T':
+            o.load_threads = (size_t)atoi(optarg) > 0 ? (size_t)atoi(optarg) : 1;
             break;
         case 'c':
             o.conf = optarg;

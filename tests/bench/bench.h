@@ -29,7 +29,7 @@ void bench_keys_free(bench_keys *k);
 int bench_key_known(const char *conf, const char *label, uint8_t *value, size_t len,
                     uint8_t handle[P11PSK_HANDLE_LEN]);
 
-enum { BENCH_OP_EARLY, BENCH_OP_PRF };
+enum { BENCH_OP_EXPAND, BENCH_OP_PRF }; /* a TLS 1.3 binder key, a TLS 1.2 master secret */
 
 typedef struct {
     const char *socket;
@@ -37,6 +37,7 @@ typedef struct {
     double seconds;
     int op;
     double rate; /* total requests per second, spread over the clients; 0: back to back */
+    size_t threads; /* load threads the connections are spread over */
 } bench_svc_params;
 
 typedef struct {

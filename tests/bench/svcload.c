@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* ppoll */
 /*
  * Service load for p11psk-bench: N client threads, each on its own connection to p11pskd,
  * issue derivations back to back for a fixed time; every request's latency is recorded.
@@ -7,6 +8,7 @@
 
 #include <errno.h>
 #include <openssl/rand.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,33 +172,28 @@ void bench_keys_free(bench_keys *k)
     memset(k, 0, sizeof(*k));
 }
 
-/* ---- one client ---- */
+/* ---- load threads ---- */
+
+/* One connection of a load thread: at most one request in flight, as with the provider. */
+typedef struct {
+    int fd;
+    int busy;
+    double sent_at, next_at; /* next_at: paced send time */
+    size_t got;              /* bytes of the answer read so far */
+    uint8_t resp[P11PSK_WIRE_HDR + P11PSK_WIRE_MAX];
+} lconn;
 
 typedef struct {
     const bench_svc_params *p;
     const bench_keys *keys;
     double stop_at;
     unsigned seed;
-    float *lat_us; /* one per request */
+    size_t nconn;
+    float *lat_us; /* one per answered request */
     size_t nlat, caplat;
     unsigned long errors;
     char first_error[200];
-} client;
-
-static int io_all(int fd, uint8_t *p, size_t n, int writing)
-{
-    while (n > 0) {
-        ssize_t r = writing ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
-
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return 0;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 1;
-}
+} loader;
 
 static int svc_connect(const char *path)
 {
@@ -213,84 +210,161 @@ static int svc_connect(const char *path)
     return fd;
 }
 
-static void *client_main(void *arg)
+static int send_request(loader *l, lconn *c, p11psk_frame *fr)
 {
-    client *c = arg;
-    p11psk_frame *fr = calloc(1, sizeof(*fr));
-    uint8_t *resp = malloc(P11PSK_WIRE_MAX), hdr[P11PSK_WIRE_HDR], seed[64], other[32];
-    size_t len, body;
-    int fd = svc_connect(c->p->socket);
-    p11psk_msg m;
+    static const uint8_t seed[64] = {0x5a}, other[32] = {0};
+    const uint8_t *h = l->keys->handles[rand_r(&l->seed) % l->keys->n].b;
+    size_t len;
 
-    memset(seed, 0x5a, sizeof(seed));
-    memset(other, 0, sizeof(other));
-    if (fd < 0 || fr == NULL || resp == NULL) {
-        snprintf(c->first_error, sizeof(c->first_error), "cannot connect to %s: %s",
-                 c->p->socket, strerror(errno));
-        c->errors++;
-        goto out;
+    if (l->p->op == BENCH_OP_PRF) {
+        p11psk_frame_start(fr, P11PSK_OP_TLS12_PRF);
+        p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, P11PSK_MD_SHA256);
+        p11psk_frame_add(fr, P11PSK_T_HANDLE, h, P11PSK_HANDLE_LEN);
+        p11psk_frame_add(fr, P11PSK_T_OTHER, other, sizeof(other));
+        p11psk_frame_add(fr, P11PSK_T_SEED, seed, sizeof(seed));
+        p11psk_frame_add_u16(fr, P11PSK_T_OUTLEN, 48);
+    } else { /* the binder key of a TLS 1.3 handshake: an expand of the early secret */
+        p11psk_handle es;
+        uint8_t esb[P11PSK_HANDLE_LEN], hash[32] = {0};
+
+        p11psk_handle_decode(h, P11PSK_HANDLE_LEN, &es);
+        es.type = P11PSK_HT_TLS13_ES;
+        es.digest = P11PSK_MD_SHA256;
+        p11psk_handle_encode(&es, esb, sizeof(esb));
+        p11psk_frame_start(fr, P11PSK_OP_TLS13_EXPAND);
+        p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, P11PSK_MD_SHA256);
+        p11psk_frame_add(fr, P11PSK_T_HANDLE, esb, sizeof(esb));
+        p11psk_frame_add(fr, P11PSK_T_PREFIX, "tls13 ", 6);
+        p11psk_frame_add(fr, P11PSK_T_LABEL, "ext binder", 10);
+        p11psk_frame_add(fr, P11PSK_T_DATA, hash, sizeof(hash));
+        p11psk_frame_add_u16(fr, P11PSK_T_OUTLEN, 32);
     }
-    double next = bench_now() + (c->p->rate > 0 ? (double)(c->seed % 1000) / 1000.0 *
-                                                      (double)c->p->clients / c->p->rate
-                                                : 0);
+    len = p11psk_frame_finish(fr);
+    c->sent_at = bench_now();
+    /* Small frames on a unix socket go out whole or not at all. */
+    if (len == 0 || send(c->fd, fr->buf, len, MSG_NOSIGNAL) != (ssize_t)len)
+        return 0;
+    c->busy = 1;
+    c->got = 0;
+    return 1;
+}
 
-    while (bench_now() < c->stop_at) {
-        const uint8_t *h = c->keys->handles[rand_r(&c->seed) % c->keys->n].b;
-        double t0;
+static void record(loader *l, double us)
+{
+    if (l->nlat == l->caplat) {
+        size_t cap = l->caplat ? l->caplat * 2 : 65536;
+        float *nl = realloc(l->lat_us, cap * sizeof(*nl));
 
-        if (c->p->rate > 0) { /* paced: each client sends at rate/clients per second */
-            double wait = next - bench_now();
+        if (nl == NULL)
+            return;
+        l->lat_us = nl;
+        l->caplat = cap;
+    }
+    l->lat_us[l->nlat++] = (float)us;
+}
 
-            if (wait > 0) {
-                struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+/* Reads what has arrived; 1 when a whole answer is in (checked and recorded). */
+static int read_answer(loader *l, lconn *c)
+{
+    size_t body = 0, want;
+    p11psk_msg m;
+    ssize_t r;
 
-                nanosleep(&ts, NULL);
+    want = c->got < P11PSK_WIRE_HDR ? P11PSK_WIRE_HDR - c->got : 0;
+    if (want == 0) {
+        if (p11psk_wire_header(c->resp, &body) != P11PSK_WIRE_OK)
+            return -1;
+        want = P11PSK_WIRE_HDR + body - c->got;
+    }
+    r = recv(c->fd, c->resp + c->got, want, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (r <= 0)
+        return -1;
+    c->got += (size_t)r;
+    if (c->got < P11PSK_WIRE_HDR)
+        return 0;
+    if (p11psk_wire_header(c->resp, &body) != P11PSK_WIRE_OK)
+        return -1;
+    if (c->got < P11PSK_WIRE_HDR + body)
+        return 0;
+    c->busy = 0;
+    if (p11psk_msg_parse(c->resp + P11PSK_WIRE_HDR, body, &m) != P11PSK_WIRE_OK)
+        return -1;
+    if (m.code != P11PSK_ST_OK) {
+        if (l->errors++ == 0)
+            p11psk_msg_str(&m, P11PSK_T_MSG, l->first_error, sizeof(l->first_error));
+        return 1;
+    }
+    record(l, (bench_now() - c->sent_at) * 1e6);
+    return 1;
+}
+
+static void *loader_main(void *arg)
+{
+    loader *l = arg;
+    lconn *cs = calloc(l->nconn, sizeof(*cs));
+    p11psk_frame *fr = calloc(1, sizeof(*fr));
+    struct pollfd *pf = calloc(l->nconn, sizeof(*pf));
+    double interval = l->p->rate > 0 ? (double)l->p->clients / l->p->rate : 0, now;
+    size_t i;
+
+    if (cs == NULL || fr == NULL || pf == NULL)
+        goto out;
+    for (i = 0; i < l->nconn; i++) {
+        if ((cs[i].fd = svc_connect(l->p->socket)) < 0) {
+            snprintf(l->first_error, sizeof(l->first_error), "cannot connect to %s: %s",
+                     l->p->socket, strerror(errno));
+            l->errors++;
+            l->nconn = i;
+            goto out;
+        }
+        /* spread the paced connections over one interval */
+        cs[i].next_at = bench_now() + interval * (double)(rand_r(&l->seed) % 1000) / 1000.0;
+    }
+    while ((now = bench_now()) < l->stop_at) {
+        double next = l->stop_at, wait;
+        struct timespec ts;
+
+        for (i = 0; i < l->nconn; i++) {
+            lconn *c = &cs[i];
+
+            if (!c->busy && (interval == 0 || c->next_at <= now)) {
+                if (!send_request(l, c, fr)) {
+                    snprintf(l->first_error, sizeof(l->first_error), "send to p11pskd failed");
+                    l->errors++;
+                    goto out;
+                }
+                c->next_at += interval;
+                if (c->next_at < now - 1) /* far behind: do not burst to catch up */
+                    c->next_at = now;
             }
-            next += (double)c->p->clients / c->p->rate;
+            if (!c->busy && interval > 0 && c->next_at < next)
+                next = c->next_at;
+            pf[i].fd = c->fd;
+            pf[i].events = c->busy ? POLLIN : 0;
+            pf[i].revents = 0;
         }
-        t0 = bench_now();
-
-        if (c->p->op == BENCH_OP_PRF) {
-            p11psk_frame_start(fr, P11PSK_OP_TLS12_PRF);
-            p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, P11PSK_MD_SHA256);
-            p11psk_frame_add(fr, P11PSK_T_HANDLE, h, P11PSK_HANDLE_LEN);
-            p11psk_frame_add(fr, P11PSK_T_OTHER, other, sizeof(other));
-            p11psk_frame_add(fr, P11PSK_T_SEED, seed, sizeof(seed));
-            p11psk_frame_add_u16(fr, P11PSK_T_OUTLEN, 48);
-        } else {
-            p11psk_frame_start(fr, P11PSK_OP_TLS13_EARLY);
-            p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, P11PSK_MD_SHA256);
-            p11psk_frame_add(fr, P11PSK_T_HANDLE, h, P11PSK_HANDLE_LEN);
-        }
-        len = p11psk_frame_finish(fr);
-        if (len == 0 || !io_all(fd, fr->buf, len, 1) || !io_all(fd, hdr, sizeof(hdr), 0) ||
-            p11psk_wire_header(hdr, &body) != P11PSK_WIRE_OK || !io_all(fd, resp, body, 0) ||
-            p11psk_msg_parse(resp, body, &m) != P11PSK_WIRE_OK) {
-            snprintf(c->first_error, sizeof(c->first_error), "connection to p11pskd lost");
-            c->errors++;
+        /* Microsecond timeouts: millisecond ones would bunch paced requests into bursts. */
+        wait = next - bench_now();
+        wait = wait < 0 ? 0 : wait > 0.1 ? 0.1 : wait;
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long)(wait * 1e9);
+        if (ppoll(pf, l->nconn, &ts, NULL) < 0 && errno != EINTR)
             break;
-        }
-        if (m.code != P11PSK_ST_OK) {
-            if (c->errors++ == 0)
-                p11psk_msg_str(&m, P11PSK_T_MSG, c->first_error, sizeof(c->first_error));
-            continue;
-        }
-        if (c->nlat == c->caplat) {
-            size_t cap = c->caplat ? c->caplat * 2 : 65536;
-            float *nl = realloc(c->lat_us, cap * sizeof(*nl));
-
-            if (nl == NULL)
-                break;
-            c->lat_us = nl;
-            c->caplat = cap;
-        }
-        c->lat_us[c->nlat++] = (float)((bench_now() - t0) * 1e6);
+        for (i = 0; i < l->nconn; i++)
+            if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && read_answer(l, &cs[i]) < 0) {
+                snprintf(l->first_error, sizeof(l->first_error), "connection to p11pskd lost");
+                l->errors++;
+                goto out;
+            }
     }
 out:
-    if (fd >= 0)
-        close(fd);
+    for (i = 0; cs != NULL && i < l->nconn; i++)
+        close(cs[i].fd);
+    free(cs);
     free(fr);
-    free(resp);
+    free(pf);
     return NULL;
 }
 
@@ -303,39 +377,40 @@ static int cmp_float(const void *a, const void *b)
 
 int bench_svc_run(const bench_svc_params *p, const bench_keys *keys, bench_svc_result *r)
 {
-    client *cl = calloc(p->clients, sizeof(*cl));
-    pthread_t *th = calloc(p->clients, sizeof(*th));
-    size_t i, total = 0, off = 0;
+    size_t nthreads = p->clients < p->threads ? p->clients : p->threads, i, total = 0, off = 0;
+    loader *ls = calloc(nthreads, sizeof(*ls));
+    pthread_t *th = calloc(nthreads, sizeof(*th));
     float *all;
     double t0, t1;
 
     memset(r, 0, sizeof(*r));
-    if (cl == NULL || th == NULL) {
-        free(cl);
+    if (ls == NULL || th == NULL) {
+        free(ls);
         free(th);
         return 0;
     }
     t0 = bench_now();
-    for (i = 0; i < p->clients; i++) {
-        cl[i].p = p;
-        cl[i].keys = keys;
-        cl[i].stop_at = t0 + p->seconds;
-        cl[i].seed = (unsigned)(i * 7919 + 1);
-        pthread_create(&th[i], NULL, client_main, &cl[i]);
+    for (i = 0; i < nthreads; i++) { /* connections split over the load threads */
+        ls[i].p = p;
+        ls[i].keys = keys;
+        ls[i].stop_at = t0 + p->seconds;
+        ls[i].seed = (unsigned)(i * 7919 + 1);
+        ls[i].nconn = p->clients / nthreads + (i < p->clients % nthreads);
+        pthread_create(&th[i], NULL, loader_main, &ls[i]);
     }
-    for (i = 0; i < p->clients; i++)
+    for (i = 0; i < nthreads; i++)
         pthread_join(th[i], NULL);
     t1 = bench_now();
-    for (i = 0; i < p->clients; i++) {
-        total += cl[i].nlat;
-        r->errors += cl[i].errors;
-        if (cl[i].errors > 0 && r->first_error[0] == '\0')
-            snprintf(r->first_error, sizeof(r->first_error), "%s", cl[i].first_error);
+    for (i = 0; i < nthreads; i++) {
+        total += ls[i].nlat;
+        r->errors += ls[i].errors;
+        if (ls[i].errors > 0 && r->first_error[0] == '\0')
+            snprintf(r->first_error, sizeof(r->first_error), "%s", ls[i].first_error);
     }
     all = malloc((total ? total : 1) * sizeof(*all));
-    for (i = 0; all != NULL && i < p->clients; i++) {
-        memcpy(all + off, cl[i].lat_us, cl[i].nlat * sizeof(*all));
-        off += cl[i].nlat;
+    for (i = 0; all != NULL && i < nthreads; i++) {
+        memcpy(all + off, ls[i].lat_us, ls[i].nlat * sizeof(*all));
+        off += ls[i].nlat;
     }
     if (all != NULL && total > 0) {
         qsort(all, total, sizeof(*all), cmp_float);
@@ -345,10 +420,10 @@ int bench_svc_run(const bench_svc_params *p, const bench_keys *keys, bench_svc_r
     }
     r->requests = total;
     r->per_s = (double)total / (t1 - t0);
-    for (i = 0; i < p->clients; i++)
-        free(cl[i].lat_us);
+    for (i = 0; i < nthreads; i++)
+        free(ls[i].lat_us);
     free(all);
-    free(cl);
+    free(ls);
     free(th);
     return 1;
 }
