@@ -200,6 +200,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_uint(&cfg->max_connections, key, v, 1, 65536, err, errlen);
     if (strcmp(key, "max-connections-per-peer") == 0)
         return set_uint(&cfg->max_connections_peer, key, v, 1, 65536, err, errlen);
+    if (strcmp(key, "busy-poll-us") == 0)
+        return set_uint(&cfg->busy_poll_us, key, v, 0, 10000, err, errlen);
     if (strcmp(key, "request-timeout-ms") == 0)
         return set_uint(&cfg->request_timeout_ms, key, v, 100, 600000, err, errlen);
     if (strcmp(key, "log-level") == 0) {
@@ -213,7 +215,7 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
     snprintf(err, errlen,
              "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, cache, cache-ttl, cache-size, allow, allow-status, allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
+             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, allow, allow-status, allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }

@@ -27,6 +27,7 @@ typedef struct {
     unsigned max_connections;       /* all peers together */
     unsigned max_connections_peer;  /* per peer uid */
     unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
+    unsigned busy_poll_us;          /* workers poll without sleeping this long after work */
     int cache;                      /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */

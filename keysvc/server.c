@@ -210,6 +210,14 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static long long now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static long usec_since(const struct timespec *t0)
 {
     struct timespec t1;
@@ -1062,7 +1070,7 @@ static void *worker_main(void *arg)
     worker *w = arg;
     server *s = w->s;
     struct epoll_event ev[EVENTS_MAX], lev;
-    long long now, next = 0;
+    long long now, next = 0, last_work_us = 0;
     int i, n, timeout;
 
     /* The listening socket is shared: EPOLLEXCLUSIVE wakes one worker per connection. */
@@ -1076,7 +1084,13 @@ static void *worker_main(void *arg)
     while (!atomic_load(&s->stopping)) {
         now = now_ms();
         timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
+        /* busy-poll-us: right after work, poll without sleeping for a while. A sleeping
+         * thread is slow to wake on some VMs, and handshakes ask again within ~100 us. */
+        if (s->cfg->busy_poll_us > 0 && now_us() - last_work_us < (long long)s->cfg->busy_poll_us)
+            timeout = 0;
         n = epoll_wait(w->ep, ev, EVENTS_MAX, timeout);
+        if (n > 0)
+            last_work_us = now_us();
         if (n < 0 && errno != EINTR) {
             p11psk_log(P11PSK_LOG_ERROR, "epoll_wait: %s", strerror(errno));
             break;
@@ -1152,6 +1166,7 @@ static void server_reload(server *s)
     cur->max_connections = nc.max_connections;
     cur->max_connections_peer = nc.max_connections_peer;
     cur->request_timeout_ms = nc.request_timeout_ms;
+    cur->busy_poll_us = nc.busy_poll_us;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path,

@@ -3,6 +3,7 @@
 # the audit log is not what is measured). Arguments go to p11psk-bench, e.g.
 #   ./scripts/bench.sh                       all parts, tables
 #   ./scripts/bench.sh --json service        one part, JSON lines
+# P11PSK_BENCH_CONF adds p11pskd.conf lines, e.g. P11PSK_BENCH_CONF="busy-poll-us = 300".
 # Builds into build/ first (with the benchmark) if needed.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +33,7 @@ pin-source = file:$T/pin
 socket = $T/p11psk.sock
 log-level = warn
 allow * uid=$(id -u)
+${P11PSK_BENCH_CONF:-}
 EOC
 export P11PSK_CONF=$T/p11pskd.conf
 cat >"$T/openssl.cnf" <<EOC

@@ -38,6 +38,7 @@ typedef struct {
     int op;
     double rate; /* total requests per second, spread over the clients; 0: back to back */
     size_t threads; /* load threads the connections are spread over */
+    int warm;       /* ask for every key once, in order, then stop (not measured) */
 } bench_svc_params;
 
 typedef struct {

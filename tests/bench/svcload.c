@@ -189,6 +189,7 @@ typedef struct {
     double stop_at;
     unsigned seed;
     size_t nconn;
+    size_t next_key, key_step; /* warm-up: keys in order */
     float *lat_us; /* one per answered request */
     size_t nlat, caplat;
     unsigned long errors;
@@ -213,8 +214,11 @@ static int svc_connect(const char *path)
 static int send_request(loader *l, lconn *c, p11psk_frame *fr)
 {
     static const uint8_t seed[64] = {0x5a}, other[32] = {0};
-    const uint8_t *h = l->keys->handles[rand_r(&l->seed) % l->keys->n].b;
+    size_t k = l->p->warm ? l->next_key : rand_r(&l->seed) % l->keys->n;
+    const uint8_t *h = l->keys->handles[k].b;
     size_t len;
+
+    l->next_key += l->key_step;
 
     if (l->p->op == BENCH_OP_PRF) {
         p11psk_frame_start(fr, P11PSK_OP_TLS12_PRF);
@@ -323,13 +327,21 @@ static void *loader_main(void *arg)
         cs[i].next_at = bench_now() + interval * (double)(rand_r(&l->seed) % 1000) / 1000.0;
     }
     while ((now = bench_now()) < l->stop_at) {
+        size_t busy = 0;
+
+        for (i = 0; i < l->nconn; i++)
+            busy += cs[i].busy;
+        if (l->p->warm && l->next_key >= l->keys->n && busy == 0)
+            break;
         double next = l->stop_at, wait;
         struct timespec ts;
 
         for (i = 0; i < l->nconn; i++) {
             lconn *c = &cs[i];
 
-            if (!c->busy && (interval == 0 || c->next_at <= now)) {
+            if (l->p->warm && l->next_key >= l->keys->n) {
+                /* warm-up done: no new requests */
+            } else if (!c->busy && (interval == 0 || c->next_at <= now)) {
                 if (!send_request(l, c, fr)) {
                     snprintf(l->first_error, sizeof(l->first_error), "send to p11pskd failed");
                     l->errors++;
@@ -396,6 +408,8 @@ int bench_svc_run(const bench_svc_params *p, const bench_keys *keys, bench_svc_r
         ls[i].stop_at = t0 + p->seconds;
         ls[i].seed = (unsigned)(i * 7919 + 1);
         ls[i].nconn = p->clients / nthreads + (i < p->clients % nthreads);
+        ls[i].next_key = i;
+        ls[i].key_step = nthreads;
         pthread_create(&th[i], NULL, loader_main, &ls[i]);
     }
     for (i = 0; i < nthreads; i++)
