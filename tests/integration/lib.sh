@@ -134,6 +134,10 @@ stop_daemon() {
     DAEMON_PID=
 }
 
+# In the sanitizer build LD_PRELOAD carries the ASan runtime for the openssl peers that load
+# the provider; some system tools (ps, groff) hang or fail under it: run those with
+# `env -u LD_PRELOAD`.
+
 # skip REASON: ctest reports the test as skipped (SKIP_RETURN_CODE 77).
 skip() { log "SKIP: $*"; exit 77; }
 

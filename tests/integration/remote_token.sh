@@ -63,7 +63,7 @@ logged() {
 }
 
 # remote_children: the per-connection p11-kit-remote processes of the server.
-remote_children() { ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
+remote_children() { env -u LD_PRELOAD ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
 
 start_p11kit
 if [ "$P11KIT_ADDR" = "unix:path=$P11KIT_SOCK" ]; then

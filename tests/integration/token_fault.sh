@@ -40,7 +40,7 @@ start_p11kit() {
 }
 
 # remote_children: the server's per-connection p11-kit-remote processes (by PID).
-remote_children() { ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
+remote_children() { env -u LD_PRELOAD ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
 
 # gone PID...: waits (up to 2 s) until each PID has exited or is a zombie.
 gone() {
