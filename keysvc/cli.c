@@ -120,11 +120,7 @@ int p11psk_cli_open_token(const p11psk_config *cfg, int rw, p11psk_token **tok)
     p11psk_token_params prm;
     p11psk_err err;
 
-    memset(&prm, 0, sizeof(prm));
-    prm.module = cfg->module;
-    prm.token_uri = cfg->token_uri;
-    prm.pin_source = cfg->pin_source;
-    prm.server_address = cfg->p11kit_server;
+    p11psk_token_params_from_config(&prm, cfg);
     prm.rw = rw;
     if (p11psk_token_open(&prm, tok, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s (config %s)\n", err.msg, cfg->path);

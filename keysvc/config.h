@@ -12,7 +12,7 @@
 #define P11PSK_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define P11PSK_CONF_ENV "P11PSK_CONF"
 
-typedef struct {
+typedef struct p11psk_config {
     char *path;       /* the file this came from */
     char *module;     /* path or p11-kit module name */
     char *token_uri;  /* RFC 7512 token URI, or NULL: the only initialised token */

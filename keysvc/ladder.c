@@ -234,26 +234,16 @@ int p11psk_ladder_tls13_extract(p11psk_ladder *lad, p11psk_token *tok, const p11
     return st;
 }
 
-static int all_zero(const uint8_t *p, size_t n)
-{
-    uint8_t acc = 0;
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        acc |= p[i];
-    return acc == 0;
-}
-
 size_t p11psk_ladder_premaster_head(const uint8_t *other, size_t otherlen, size_t keylen,
                                     uint8_t *out, size_t cap)
 {
     /* Plain PSK: the client sized the zero block for the handle, the real key decides. */
-    size_t n = all_zero(other, otherlen) ? keylen : otherlen;
+    size_t n = p11psk_all_zero(other, otherlen) ? keylen : otherlen;
 
     if (n > UINT16_MAX || keylen > UINT16_MAX || cap < 4 + n)
         return 0;
     p11psk_store_be16(out, (uint16_t)n);
-    if (n == keylen && all_zero(other, otherlen))
+    if (n == keylen && p11psk_all_zero(other, otherlen))
         memset(out + 2, 0, n);
     else
         memcpy(out + 2, other, n);
@@ -265,7 +255,7 @@ size_t p11psk_ladder_tls12_min_len(int md, const uint8_t *other, size_t otherlen
 {
     size_t bs = p11psk_md_block(md);
 
-    if (all_zero(other, otherlen)) /* 4 + 2L > bs */
+    if (p11psk_all_zero(other, otherlen)) /* 4 + 2L > bs */
         return (bs - 4) / 2 + 1;
     return otherlen + 4 >= bs ? 1 : bs - 4 - otherlen + 1; /* 4 + n + L > bs */
 }
@@ -296,10 +286,10 @@ int p11psk_ladder_tls12_prf(p11psk_ladder *lad, p11psk_token *tok, const p11psk_
     if (headlen + key->len > p11psk_md_block(md)) {
         /* HMAC keys with H(premaster) here, and the PSK is the premaster's tail. For plain
          * PSK the premaster depends on the PSK alone: cacheable. */
-        int plain = all_zero(other, otherlen);
+        int plain = p11psk_all_zero(other, otherlen);
 
-        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj,
-                                      P11PSK_CACHE_PMH, md, hsec, p11psk_md_size(md))) {
+        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_PMH,
+                                      md, hsec, p11psk_md_size(md))) {
             *step = P11PSK_STEP_CACHE;
         } else {
             st = digest_prefix_key(lad, tok, key, md, head, headlen, hsec, step, err);

@@ -250,11 +250,7 @@ int main(int argc, char **argv)
         goto fail;
     }
     p11psk_ladder_set_cache(lad, cache);
-    memset(&prm, 0, sizeof(prm));
-    prm.module = cfg.module;
-    prm.token_uri = cfg.token_uri;
-    prm.pin_source = cfg.pin_source;
-    prm.server_address = cfg.p11kit_server;
+    p11psk_token_params_from_config(&prm, &cfg);
     prm.sessions = p11psk_server_threads(&cfg); /* one per worker: nobody waits */
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
         snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);

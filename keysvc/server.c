@@ -144,7 +144,7 @@ typedef struct {
     struct ucred cred;
     gid_t groups[CONN_GROUPS_MAX]; /* supplementary groups (SO_PEERGROUPS) */
     size_t ngroups;
-    char exe[256]; /* /proc/PID/exe at connect time, for the audit log */
+    char exe[256];         /* /proc/PID/exe at connect time, for the audit log */
     long long deadline_ms; /* a started request or a pending answer must be done by then */
     size_t idx;            /* in its worker's conns[] */
     uint32_t watching;     /* EPOLLIN or EPOLLOUT */
@@ -274,7 +274,8 @@ static int peer_admit(server *s, uid_t uid, char *why, size_t whylen)
         snprintf(why, whylen, "%zu connections open (max-connections = %u in %s)", s->nconns,
                  s->cfg->max_connections, s->cfg->path);
     } else if (p != NULL && p->n >= s->cfg->max_connections_peer) {
-        snprintf(why, whylen, "uid %lu has %u connections open (max-connections-per-peer = %u in %s)",
+        snprintf(why, whylen,
+                 "uid %lu has %u connections open (max-connections-per-peer = %u in %s)",
                  (unsigned long)uid, p->n, s->cfg->max_connections_peer, s->cfg->path);
     } else if (p == NULL && (np = realloc(s->peers, (s->npeers + 1) * sizeof(*np))) == NULL) {
         snprintf(why, whylen, "out of memory");
@@ -325,13 +326,12 @@ static int fail(outcome *o, int status, const char *fmt, ...)
     return status;
 }
 
-static int all_zero(const uint8_t *p, size_t n)
+/* The peer as the ACL sees it. */
+static p11psk_acl_peer conn_peer(const conn *c)
 {
-    uint8_t acc = 0;
+    p11psk_acl_peer p = {c->cred.uid, c->cred.gid, c->groups, c->ngroups};
 
-    while (n-- > 0)
-        acc |= *p++;
-    return acc == 0;
+    return p;
 }
 
 static int field_eq(const p11psk_field *f, const char *s)
@@ -379,15 +379,11 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
     if (st != P11PSK_ST_OK)
         return st;
     snprintf(o->ident, sizeof(o->ident), "%s", key->label);
-    peer.uid = c->cred.uid;
-    peer.gid = c->cred.gid;
-    peer.groups = c->groups;
-    peer.ngroups = c->ngroups;
+    peer = conn_peer(c);
     if (p11psk_acl_check(&s->cfg->acl, key->label, &peer) == NULL)
-        return fail(o, P11PSK_ST_ACCESS_DENIED,
-                    "uid %lu gid %lu may not use '%s'; add an allow rule to %s",
-                    (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, key->label,
-                    s->cfg->path);
+        return fail(
+            o, P11PSK_ST_ACCESS_DENIED, "uid %lu gid %lu may not use '%s'; add an allow rule to %s",
+            (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, key->label, s->cfg->path);
     if (!s->cfg->policy.readable_keys)
         key->readable = 0; /* strict HSM mode: ladder step 3 never runs */
     return P11PSK_ST_OK;
@@ -529,14 +525,15 @@ static int need(const p11psk_msg *m, int tag, const char *name, outcome *o)
 /* Status and admin permissions; root and p11pskd's own user hold both. */
 static int may(server *s, const conn *c, int kind)
 {
-    p11psk_acl_peer peer = {c->cred.uid, c->cred.gid, c->groups, c->ngroups};
+    p11psk_acl_peer peer = conn_peer(c);
 
     return c->cred.uid == 0 || c->cred.uid == geteuid() ||
            p11psk_acl_check_perm(&s->cfg->acl, kind, &peer);
 }
 
 static const char *const stat_ops[P11PSK_STAT_OPS] = {
-    "ping", "tls13-early", "tls13-expand", "tls13-extract", "tls12-prf", "status", "flush", "other"};
+    "ping",      "tls13-early", "tls13-expand", "tls13-extract",
+    "tls12-prf", "status",      "flush",        "other"};
 
 /* One "name value" line per metric; the CLI turns them into text, JSON or Prometheus. */
 static int do_status(server *s, p11psk_frame *resp, outcome *o)
@@ -552,7 +549,7 @@ static int do_status(server *s, p11psk_frame *resp, outcome *o)
         return fail(o, P11PSK_ST_INTERNAL, "out of memory");
 #define ADD(...)                                                                                   \
     do {                                                                                           \
-        int w_ = snprintf(txt + off, cap - off, __VA_ARGS__);                                     \
+        int w_ = snprintf(txt + off, cap - off, __VA_ARGS__);                                      \
         if (w_ > 0 && (size_t)w_ < cap - off)                                                      \
             off += (size_t)w_;                                                                     \
     } while (0)
@@ -676,7 +673,8 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
         /* psk_ke: no (EC)DHE input, so the handshake secret would be a PSK-equivalent
          * in the application. */
         if (!s->cfg->policy.allow_psk_ke &&
-            (!m->f[P11PSK_T_IKM].present || all_zero(m->f[P11PSK_T_IKM].p, m->f[P11PSK_T_IKM].len)))
+            (!m->f[P11PSK_T_IKM].present ||
+             p11psk_all_zero(m->f[P11PSK_T_IKM].p, m->f[P11PSK_T_IKM].len)))
             return fail(o, P11PSK_ST_POLICY,
                         "TLS 1.3 psk_ke (PSK without (EC)DHE) is refused by allow-psk-ke = no "
                         "(%s); let the peers use psk_dhe_ke, or set allow-psk-ke = yes",
@@ -707,9 +705,9 @@ static void log_outcome(const conn *c, const outcome *o, long us)
     p11psk_log(ok ? P11PSK_LOG_INFO : P11PSK_LOG_WARN,
                "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s%s latency=%ldus",
                (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, c->exe,
-               p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", result,
-               ok ? "" : " (", ok ? "" : o->err.msg, ok ? "" : ")",
-               o->step ? " step=" : "", o->step ? p11psk_ladder_step_str(o->step) : "", us);
+               p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", result, ok ? "" : " (",
+               ok ? "" : o->err.msg, ok ? "" : ")", o->step ? " step=" : "",
+               o->step ? p11psk_ladder_step_str(o->step) : "", us);
 }
 
 static void stats_count(server *s, int op, int st)
@@ -763,9 +761,9 @@ static void respond(server *s, conn *c, int header_rc)
     } else if ((rc = p11psk_msg_parse(c->in + P11PSK_WIRE_HDR, c->need - P11PSK_WIRE_HDR, &m)) !=
                P11PSK_WIRE_OK) {
         st = fail(&o, P11PSK_ST_BAD_REQUEST, "malformed request: %s", p11psk_wire_strerror(rc));
-    } else if (o.op = m.code,
-               !p11psk_ratelimit_take(&s->rate, s->cfg->policy.rate_limit, c->cred.uid,
-                                      (uint64_t)t0.tv_sec * 1000000u + (uint64_t)t0.tv_nsec / 1000u)) {
+    } else if (o.op = m.code, !p11psk_ratelimit_take(
+                                  &s->rate, s->cfg->policy.rate_limit, c->cred.uid,
+                                  (uint64_t)t0.tv_sec * 1000000u + (uint64_t)t0.tv_nsec / 1000u)) {
         st = fail(&o, P11PSK_ST_POLICY,
                   "rate limit: uid %lu made more than %u requests per second (rate-limit in %s)",
                   (unsigned long)c->cred.uid, s->cfg->policy.rate_limit, s->cfg->path);
@@ -1151,9 +1149,8 @@ static void server_reload(server *s)
         !same_str(nc.p11kit_server, cur->p11kit_server) ||
         !same_str(nc.pin_source, cur->pin_source) || !same_str(nc.socket, cur->socket) ||
         nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
-        nc.socket_gid != cur->socket_gid || nc.threads != cur->threads ||
-        nc.cache != cur->cache || nc.cache_ttl_s != cur->cache_ttl_s ||
-        nc.cache_size != cur->cache_size)
+        nc.socket_gid != cur->socket_gid || nc.threads != cur->threads || nc.cache != cur->cache ||
+        nc.cache_ttl_s != cur->cache_ttl_s || nc.cache_size != cur->cache_size)
         p11psk_log(P11PSK_LOG_WARN,
                    "reload: module, token, pin-source, socket*, threads and cache* changes take "
                    "effect only after a restart of p11pskd");
@@ -1169,8 +1166,8 @@ static void server_reload(server *s)
     cur->busy_poll_us = nc.busy_poll_us;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
-    p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path,
-               cur->acl.n, p11psk_log_level_name(cur->log_level));
+    p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,
+               p11psk_log_level_name(cur->log_level));
     if (cur->acl.n == 0)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cur->path);

@@ -319,6 +319,15 @@ static void token_detach(p11psk_token *tok)
     cache_clear(tok);
 }
 
+void p11psk_token_params_from_config(p11psk_token_params *prm, const p11psk_config *cfg)
+{
+    memset(prm, 0, sizeof(*prm));
+    prm->module = cfg->module;
+    prm->token_uri = cfg->token_uri;
+    prm->pin_source = cfg->pin_source;
+    prm->server_address = cfg->p11kit_server;
+}
+
 int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk_err *err)
 {
     p11psk_token *tok;
@@ -343,7 +352,8 @@ int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk
     if (tok->pin != NULL)
         memcpy(tok->pin, prm->pin, strlen(prm->pin) + 1);
     /* p11-kit-client.so reads its server from the environment at C_Initialize. */
-    if (prm->server_address != NULL && setenv("P11_KIT_SERVER_ADDRESS", prm->server_address, 1) != 0) {
+    if (prm->server_address != NULL &&
+        setenv("P11_KIT_SERVER_ADDRESS", prm->server_address, 1) != 0) {
         p11psk_token_close(tok);
         return p11psk_err_set(err, P11PSK_ST_INTERNAL, "setenv: out of memory");
     }
@@ -454,8 +464,7 @@ static int sess_get(p11psk_token *tok, CK_SESSION_HANDLE *sess, p11psk_err *err)
     if (ckr_device_gone(rv) && !tok->down) {
         tok->down = 1;
         tok->retry_at_ms = 0;
-        snprintf(tok->down_why, sizeof(tok->down_why), "%s in C_OpenSession",
-                 p11psk_ckr_name(rv));
+        snprintf(tok->down_why, sizeof(tok->down_why), "%s in C_OpenSession", p11psk_ckr_name(rv));
     }
     pthread_cond_signal(&tok->cv);
     pthread_mutex_unlock(&tok->lock);

@@ -58,6 +58,10 @@ typedef struct {
 
 typedef struct p11psk_token p11psk_token;
 
+struct p11psk_config;
+/* module, token, pin-source and p11-kit server of a config, the rest zero. */
+void p11psk_token_params_from_config(p11psk_token_params *prm, const struct p11psk_config *cfg);
+
 /*
  * Thread-safe: operations borrow a session from a bounded pool (never shared by two threads
  * at once). A lost session or login is redone and the operation retried once; after a

@@ -112,3 +112,12 @@ void p11psk_wbuf_u32(p11psk_wbuf *w, uint32_t v)
     p11psk_store_be32(b, v);
     p11psk_wbuf_bytes(w, b, 4);
 }
+
+int p11psk_all_zero(const uint8_t *p, size_t n)
+{
+    uint8_t acc = 0;
+
+    while (n-- > 0)
+        acc |= *p++;
+    return acc == 0;
+}

@@ -33,32 +33,53 @@ double bench_now(void)
 
 /* ---- keys ---- */
 
-int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *out)
+/* The token of config conf, read/write. On failure says why and frees what it made. */
+static int bench_token_open(const char *conf, p11psk_config *cfg, p11psk_token **tok)
 {
     p11psk_token_params prm;
+    p11psk_err err;
+    char err2[512];
+
+    *tok = NULL;
+    if (!p11psk_config_load(p11psk_config_path(conf), cfg, err2, sizeof(err2))) {
+        fprintf(stderr, "p11psk-bench: %s\n", err2);
+        return 0;
+    }
+    p11psk_token_params_from_config(&prm, cfg);
+    prm.rw = 1;
+    if (p11psk_token_open(&prm, tok, &err) != P11PSK_ST_OK) {
+        fprintf(stderr, "p11psk-bench: %s\n", err.msg);
+        p11psk_config_free(cfg);
+        return 0;
+    }
+    return 1;
+}
+
+/* The PSK handle of key k. */
+static int key_handle(const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
+{
+    p11psk_handle h;
+
+    memset(&h, 0, sizeof(h));
+    h.type = P11PSK_HT_PSK;
+    h.idlen = (uint8_t)k->idlen;
+    memcpy(h.id, k->id, k->idlen);
+    return p11psk_handle_encode(&h, out, P11PSK_HANDLE_LEN);
+}
+
+int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *out)
+{
     p11psk_config cfg;
     p11psk_token *tok = NULL;
     p11psk_key *have = NULL;
     p11psk_err err;
-    char err2[512], label[64];
+    char label[64];
     size_t nhave = 0, i;
     int ok = 0;
 
     memset(out, 0, sizeof(*out));
-    if (!p11psk_config_load(p11psk_config_path(conf), &cfg, err2, sizeof(err2))) {
-        fprintf(stderr, "p11psk-bench: %s\n", err2);
+    if (!bench_token_open(conf, &cfg, &tok))
         return 0;
-    }
-    memset(&prm, 0, sizeof(prm));
-    prm.module = cfg.module;
-    prm.token_uri = cfg.token_uri;
-    prm.pin_source = cfg.pin_source;
-    prm.server_address = cfg.p11kit_server;
-    prm.rw = 1;
-    if (p11psk_token_open(&prm, &tok, &err) != P11PSK_ST_OK) {
-        fprintf(stderr, "p11psk-bench: %s\n", err.msg);
-        goto out;
-    }
     /* Reuse keys of earlier runs: creating 10,000 token objects takes a while. */
     if (p11psk_token_list(tok, NULL, &have, &nhave, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk-bench: %s\n", err.msg);
@@ -68,7 +89,6 @@ int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *
     if (out->handles == NULL)
         goto out;
     for (i = 0; i < n; i++) {
-        p11psk_handle h;
         p11psk_key k;
         size_t j;
         int found = 0;
@@ -94,11 +114,7 @@ int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *
                 goto out;
             }
         }
-        memset(&h, 0, sizeof(h));
-        h.type = P11PSK_HT_PSK;
-        h.idlen = (uint8_t)k.idlen;
-        memcpy(h.id, k.id, k.idlen);
-        if (!p11psk_handle_encode(&h, out->handles[i].b, P11PSK_HANDLE_LEN))
+        if (!key_handle(&k, out->handles[i].b))
             goto out;
         out->n++;
     }
@@ -113,30 +129,18 @@ out:
 int bench_key_known(const char *conf, const char *label, uint8_t *value, size_t len,
                     uint8_t handle[P11PSK_HANDLE_LEN])
 {
-    p11psk_token_params prm;
     p11psk_config cfg;
     p11psk_token *tok = NULL;
     p11psk_key *have = NULL, k;
     p11psk_new_key nk;
-    p11psk_handle h;
     p11psk_err err;
-    char err2[512];
     size_t nhave = 0, i;
     uint8_t id[8];
     int ok = 0;
 
-    if (!p11psk_config_load(p11psk_config_path(conf), &cfg, err2, sizeof(err2))) {
-        fprintf(stderr, "p11psk-bench: %s\n", err2);
+    if (!bench_token_open(conf, &cfg, &tok))
         return 0;
-    }
-    memset(&prm, 0, sizeof(prm));
-    prm.module = cfg.module;
-    prm.token_uri = cfg.token_uri;
-    prm.pin_source = cfg.pin_source;
-    prm.server_address = cfg.p11kit_server;
-    prm.rw = 1;
-    if (p11psk_token_open(&prm, &tok, &err) != P11PSK_ST_OK ||
-        p11psk_token_list(tok, label, &have, &nhave, &err) != P11PSK_ST_OK) {
+    if (p11psk_token_list(tok, label, &have, &nhave, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk-bench: %s\n", err.msg);
         goto out;
     }
@@ -154,11 +158,7 @@ int bench_key_known(const char *conf, const char *label, uint8_t *value, size_t 
         fprintf(stderr, "p11psk-bench: creating %s: %s\n", label, err.msg);
         goto out;
     }
-    memset(&h, 0, sizeof(h));
-    h.type = P11PSK_HT_PSK;
-    h.idlen = (uint8_t)k.idlen;
-    memcpy(h.id, k.id, k.idlen);
-    ok = p11psk_handle_encode(&h, handle, P11PSK_HANDLE_LEN);
+    ok = key_handle(&k, handle);
 out:
     free(have);
     p11psk_token_close(tok);
@@ -190,7 +190,7 @@ typedef struct {
     unsigned seed;
     size_t nconn;
     size_t next_key, key_step; /* warm-up: keys in order */
-    float *lat_us; /* one per answered request */
+    float *lat_us;             /* one per answered request */
     size_t nlat, caplat;
     unsigned long errors;
     char first_error[200];
