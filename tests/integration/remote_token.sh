@@ -6,44 +6,8 @@
 # (`p11psk add`) and directly into the token (softhsm2-util); TLS 1.3 and TLS 1.2 handshakes
 # through p11pskd succeed against a raw-key peer in both directions.
 . "$(dirname "$0")/lib.sh"
-command -v p11-kit >/dev/null || skip "p11-kit (the p11-kit CLI) is not installed"
-CLIENT_MODULE=${P11KIT_CLIENT_MODULE:-/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so}
-[ -f "$CLIENT_MODULE" ] || skip "$CLIENT_MODULE is missing (package p11-kit-modules)"
 setup_token
-
-P11KIT_SOCK=$T/p11kit.sock
-P11KIT_PID=
-
-# start_p11kit: `p11-kit server` in the foreground exporting the test token on $P11KIT_SOCK.
-# Sets P11KIT_PID and P11KIT_ADDR (the address the server prints for its clients).
-start_p11kit() {
-    rm -f "$P11KIT_SOCK"
-    p11-kit server --provider "$SOFTHSM_MODULE" -f -n "$P11KIT_SOCK" \
-        "pkcs11:token=$TOKEN_LABEL" >"$T/p11kit.out" 2>"$T/p11kit.err" &
-    P11KIT_PID=$!
-    PIDS+=("$P11KIT_PID")
-    for _ in $(seq 100); do
-        [ -S "$P11KIT_SOCK" ] && grep -q '^P11_KIT_SERVER_ADDRESS=' "$T/p11kit.out" && break
-        kill -0 "$P11KIT_PID" 2>/dev/null || die "p11-kit server exited: $(cat "$T/p11kit.err")"
-        sleep 0.05
-    done
-    [ -S "$P11KIT_SOCK" ] || die "p11-kit server socket did not appear within 5 s"
-    P11KIT_ADDR=$(sed -n 's/^P11_KIT_SERVER_ADDRESS=\([^;]*\);.*/\1/p' "$T/p11kit.out")
-}
-
-# remote_conf [ADDRESS]: the daemon and CLI config for the remote module; without ADDRESS no
-# p11-kit-server-address line (the environment must name the server).
-remote_conf() {
-    {
-        echo "module = $CLIENT_MODULE"
-        [ -z "${1:-}" ] || echo "p11-kit-server-address = $1"
-        echo "token = pkcs11:token=$TOKEN_LABEL"
-        echo "pin-source = file:$T/pin"
-        echo "socket = $T/p11psk.sock"
-        echo "log-level = debug"
-        echo "allow * uid=0"
-    } >"$T/p11pskd.conf"
-}
+p11kit_setup
 
 # restart_daemon: a fresh log and socket, so that start_daemon waits for the new daemon.
 restart_daemon() {
@@ -61,9 +25,6 @@ logged() {
     done
     return 1
 }
-
-# remote_children: the per-connection p11-kit-remote processes of the server.
-remote_children() { env -u LD_PRELOAD ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
 
 start_p11kit
 if [ "$P11KIT_ADDR" = "unix:path=$P11KIT_SOCK" ]; then

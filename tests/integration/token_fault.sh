@@ -15,32 +15,8 @@
 #  * A token that forgets the login (a shim module logs out, so SoftHSM2 returns
 #    CKR_USER_NOT_LOGGED_IN): p11pskd logs in again and the handshake succeeds.
 . "$(dirname "$0")/lib.sh"
-command -v p11-kit >/dev/null || skip "p11-kit (the p11-kit CLI) is not installed"
-command -v python3 >/dev/null || skip "python3 is needed to read p11pskd's status"
-CLIENT_MODULE=${P11KIT_CLIENT_MODULE:-/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so}
-[ -f "$CLIENT_MODULE" ] || skip "$CLIENT_MODULE is missing (package p11-kit-modules)"
 setup_token
-
-P11KIT_SOCK=$T/p11kit.sock
-P11KIT_PID=
-
-# start_p11kit [PROVIDER]: `p11-kit server` exporting the test token on $P11KIT_SOCK.
-start_p11kit() {
-    rm -f "$P11KIT_SOCK"
-    p11-kit server --provider "${1:-$SOFTHSM_MODULE}" -f -n "$P11KIT_SOCK" \
-        "pkcs11:token=$TOKEN_LABEL" >"$T/p11kit.out" 2>"$T/p11kit.err" &
-    P11KIT_PID=$!
-    PIDS+=("$P11KIT_PID")
-    for _ in $(seq 100); do
-        [ -S "$P11KIT_SOCK" ] && return 0
-        kill -0 "$P11KIT_PID" 2>/dev/null || die "p11-kit server exited: $(cat "$T/p11kit.err")"
-        sleep 0.05
-    done
-    die "p11-kit server socket did not appear within 5 s"
-}
-
-# remote_children: the server's per-connection p11-kit-remote processes (by PID).
-remote_children() { env -u LD_PRELOAD ps -o pid= --ppid "$P11KIT_PID" | tr -d ' ' || true; }
+p11kit_setup
 
 # gone PID...: waits (up to 2 s) until each PID has exited or is a zombie.
 gone() {
@@ -54,44 +30,14 @@ gone() {
     done
 }
 
-remote_conf() {
-    cat >"$T/p11pskd.conf" <<EOC
-module = $CLIENT_MODULE
-p11-kit-server-address = unix:path=$P11KIT_SOCK
-token = pkcs11:token=$TOKEN_LABEL
-pin-source = file:$T/pin
-socket = $T/p11psk.sock
-log-level = debug
-allow * uid=0
-allow-status uid=0
-EOC
+# status NAME: a value from p11pskd's STATUS answer, through `p11psk status --json`
+# (booleans as 1/0, absent names as nothing).
+status() {
+    "$BIN/p11psk" status --json --socket "$T/p11psk.sock" 2>/dev/null |
+        perl -MJSON::PP -e 'my $j = eval { decode_json(join "", <STDIN>) } or exit 0;
+            my $v = $j->{$ARGV[0]}; exit 0 unless defined $v;
+            print JSON::PP::is_bool($v) ? ($v ? 1 : 0) : $v, "\n"' "$1"
 }
-
-# status NAME: a value from p11pskd's STATUS answer (the wire protocol, as `p11psk status`).
-cat >"$T/status.py" <<'EOP'
-import socket, struct, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-s.connect(sys.argv[1])
-s.sendall(struct.pack(">I", 2) + bytes([1, 2]))
-def rd(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            sys.exit("eof")
-        b += c
-    return b
-body = rd(struct.unpack(">I", rd(4))[0])
-i = 2
-while i < len(body):
-    t, l = body[i], struct.unpack(">H", body[i + 1:i + 3])[0]
-    if t in (12, 13):
-        sys.stdout.write(body[i + 3:i + 3 + l].decode() + "\n")
-    i += 3 + l
-sys.exit(0 if body[1] == 0 else 1)
-EOP
-status() { python3 "$T/status.py" "$T/p11psk.sock" 2>/dev/null | sed -n "s/^$1 //p"; }
 
 # timed VAR CMD...: runs CMD, stores its wall time in ms in VAR; never fails.
 timed() {
@@ -113,7 +59,7 @@ O13=(-tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256)
 O12=(-tls1_2 -cipher PSK-AES128-GCM-SHA256)
 
 start_p11kit
-remote_conf
+remote_conf "unix:path=$P11KIT_SOCK"
 for k in warm mid cold hang; do
     printf -v "raw_$k" '%s' "$(rand_hex 32)"
     v=raw_$k
@@ -313,7 +259,7 @@ EOC
     export P11PSK_SHIM_MODULE=$SOFTHSM_MODULE P11PSK_SHIM_TRIGGER=$T/force-logout
     start_p11kit "$T/shim.so"
     unset P11PSK_SHIM_MODULE P11PSK_SHIM_TRIGGER
-    remote_conf
+    remote_conf "unix:path=$P11KIT_SOCK"
     echo "cache = off" >>"$T/p11pskd.conf"
     : >"$T/p11pskd.log"
     rm -f "$T/p11psk.sock"
