@@ -237,17 +237,17 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
     if (pc->config_error[0] != '\0') {
         p11psk_frame_cleanse(req);
         P11PSK_RAISE(pc, P11PSK_R_BAD_CONFIG, "%s", pc->config_error);
-        return 0;
+        return -1;
     }
     if (p11psk_frame_finish(req) == 0) {
         p11psk_frame_cleanse(req);
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "%s request too large", p11psk_op_str(op));
-        return 0;
+        return -1;
     }
     if ((pcn = pool_get()) == NULL) {
         p11psk_frame_cleanse(req);
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "out of memory for a connection to p11pskd");
-        return 0;
+        return -1;
     }
 
     /* No lock held: this connection is ours alone until pool_put. */
@@ -284,36 +284,36 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
 
     if (ok) {
         p11psk_debug("%s: ok", p11psk_op_str(op));
-        return 1;
+        return 0;
     }
     switch (rc) {
     case P11PSK_CALL_OK:
         break;
     case P11PSK_CALL_UNREACHABLE:
         P11PSK_RAISE(pc, P11PSK_R_SERVICE_UNREACHABLE, "at %s: %s", path, errbuf);
-        return 0;
+        return -1;
     case P11PSK_CALL_TIMEOUT:
         P11PSK_RAISE(pc, P11PSK_R_SERVICE_TIMEOUT, "after %d ms at %s during %s (%s)", timeout_ms,
                      path, p11psk_op_str(op), P11PSK_CONF_TIMEOUT);
-        return 0;
+        return -1;
     case P11PSK_CALL_IO:
         P11PSK_RAISE(pc, P11PSK_R_CONNECTION_LOST, "at %s during %s: %s", path, p11psk_op_str(op),
                      errbuf);
-        return 0;
+        return -1;
     default:
         P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR, "malformed answer to %s from %s",
                      p11psk_op_str(op), path);
-        return 0;
+        return -1;
     }
     if (bad_out) {
         P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR, "answer to %s from %s lacks a %zu-byte result",
                      p11psk_op_str(op), path, outlen);
-        return 0;
+        return -1;
     }
     if (msg[0] == '\0' && has_ckr)
         snprintf(msg, sizeof(msg), "CKR 0x%08lx", (unsigned long)ckr);
     if (msg[0] == '\0')
         snprintf(msg, sizeof(msg), "%s: %s", p11psk_op_str(op), p11psk_status_str(st));
     P11PSK_RAISE(pc, status_reason(st), "%s", msg);
-    return 0;
+    return -1;
 }

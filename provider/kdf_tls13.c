@@ -11,90 +11,48 @@
 #include "prov.h"
 
 #include <stdint.h>
-#include <string.h>
-#include <strings.h>
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
 
-#define ALG "TLS13-KDF"
-
-typedef struct {
-    P11PSK_PROV_CTX *provctx;
-    int mode;
-    char *digest;
-    char *propq;
-    p11psk_bytes key;
-    p11psk_bytes salt;
-    p11psk_bytes prefix;
-    p11psk_bytes label;
-    p11psk_bytes data;
-} P11PSK_TLS13_KDF_CTX;
+#define ALG P11PSK_KDF_TLS13_NAME
 
 static OSSL_FUNC_kdf_newctx_fn p11psk_tls13_kdf_new;
-static OSSL_FUNC_kdf_dupctx_fn p11psk_tls13_kdf_dup;
-static OSSL_FUNC_kdf_freectx_fn p11psk_tls13_kdf_free;
-static OSSL_FUNC_kdf_reset_fn p11psk_tls13_kdf_reset;
 static OSSL_FUNC_kdf_derive_fn p11psk_tls13_kdf_derive;
 static OSSL_FUNC_kdf_settable_ctx_params_fn p11psk_tls13_kdf_settable_ctx_params;
-static OSSL_FUNC_kdf_set_ctx_params_fn p11psk_tls13_kdf_set_ctx_params;
 static OSSL_FUNC_kdf_gettable_ctx_params_fn p11psk_tls13_kdf_gettable_ctx_params;
-static OSSL_FUNC_kdf_get_ctx_params_fn p11psk_tls13_kdf_get_ctx_params;
+
+const OSSL_PARAM p11psk_tls13_kdf_settable[] = {
+    OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_MODE, NULL, 0),
+    OSSL_PARAM_int(OSSL_KDF_PARAM_MODE, NULL),
+    OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_PROPERTIES, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_DIGEST, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_KEY, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_SALT, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_PREFIX, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_LABEL, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_DATA, NULL, 0),
+    OSSL_PARAM_END};
+
+const OSSL_PARAM p11psk_tls13_kdf_gettable[] = {
+    OSSL_PARAM_size_t(OSSL_KDF_PARAM_SIZE, NULL),
+    OSSL_PARAM_octet_string(OSSL_KDF_PARAM_INFO, NULL, 0), OSSL_PARAM_END};
 
 static void *p11psk_tls13_kdf_new(void *provctx)
 {
-    P11PSK_TLS13_KDF_CTX *ctx = OPENSSL_zalloc(sizeof(*ctx));
-
-    if (ctx == NULL)
-        return NULL;
-    ctx->provctx = provctx;
-    ctx->mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
-    return ctx;
+    return p11psk_kdf_new(provctx, P11PSK_KDF_TLS13);
 }
 
-static void p11psk_tls13_kdf_reset(void *vctx)
+static const OSSL_PARAM *p11psk_tls13_kdf_settable_ctx_params(void *vctx, void *provctx)
 {
-    P11PSK_TLS13_KDF_CTX *ctx = vctx;
-    P11PSK_PROV_CTX *provctx = ctx->provctx;
-
-    OPENSSL_free(ctx->digest);
-    OPENSSL_free(ctx->propq);
-    p11psk_bytes_clear(&ctx->key);
-    p11psk_bytes_clear(&ctx->salt);
-    p11psk_bytes_clear(&ctx->prefix);
-    p11psk_bytes_clear(&ctx->label);
-    p11psk_bytes_clear(&ctx->data);
-    memset(ctx, 0, sizeof(*ctx));
-    ctx->provctx = provctx;
-    ctx->mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
+    return p11psk_tls13_kdf_settable;
 }
 
-static void p11psk_tls13_kdf_free(void *vctx)
+static const OSSL_PARAM *p11psk_tls13_kdf_gettable_ctx_params(void *vctx, void *provctx)
 {
-    if (vctx == NULL)
-        return;
-    p11psk_tls13_kdf_reset(vctx);
-    OPENSSL_free(vctx);
-}
-
-static void *p11psk_tls13_kdf_dup(void *vsrc)
-{
-    const P11PSK_TLS13_KDF_CTX *src = vsrc;
-    P11PSK_TLS13_KDF_CTX *dst = p11psk_tls13_kdf_new(src->provctx);
-
-    if (dst == NULL)
-        return NULL;
-    dst->mode = src->mode;
-    if (!p11psk_str_dup(&dst->digest, src->digest) || !p11psk_str_dup(&dst->propq, src->propq) ||
-        !p11psk_bytes_dup(&dst->key, &src->key) || !p11psk_bytes_dup(&dst->salt, &src->salt) ||
-        !p11psk_bytes_dup(&dst->prefix, &src->prefix) ||
-        !p11psk_bytes_dup(&dst->label, &src->label) || !p11psk_bytes_dup(&dst->data, &src->data)) {
-        p11psk_tls13_kdf_free(dst);
-        return NULL;
-    }
-    return dst;
+    return p11psk_tls13_kdf_gettable;
 }
 
 static const char *mode_str(int mode)
@@ -110,149 +68,23 @@ static const char *mode_str(int mode)
     return "?";
 }
 
-/* Mode as an int or as OpenSSL's mode names, like the built-in KDF. */
-static int set_mode(P11PSK_TLS13_KDF_CTX *ctx, const OSSL_PARAM *p)
-{
-    int mode;
-
-    if (p->data_type == OSSL_PARAM_UTF8_STRING) {
-        if (p->data == NULL)
-            return 0;
-        if (strcasecmp(p->data, "EXTRACT_AND_EXPAND") == 0)
-            mode = EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND;
-        else if (strcasecmp(p->data, "EXTRACT_ONLY") == 0)
-            mode = EVP_KDF_HKDF_MODE_EXTRACT_ONLY;
-        else if (strcasecmp(p->data, "EXPAND_ONLY") == 0)
-            mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-        else
-            return 0;
-    } else if (!OSSL_PARAM_get_int(p, &mode)) {
-        return 0;
-    }
-    if (mode < EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND || mode > EVP_KDF_HKDF_MODE_EXPAND_ONLY)
-        return 0;
-    ctx->mode = mode;
-    return 1;
-}
-
-static int p11psk_tls13_kdf_set_ctx_params(void *vctx, const OSSL_PARAM params[])
-{
-    P11PSK_TLS13_KDF_CTX *ctx = vctx;
-    const OSSL_PARAM *p;
-
-    if (params == NULL)
-        return 1;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_MODE)) != NULL && !set_mode(ctx, p)) {
-        P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM, "%s: invalid mode", ALG);
-        return 0;
-    }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_DIGEST)) != NULL &&
-        !p11psk_str_set(&ctx->digest, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_PROPERTIES)) != NULL &&
-        !p11psk_str_set(&ctx->propq, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_KEY)) != NULL &&
-        !p11psk_bytes_set(&ctx->key, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_SALT)) != NULL &&
-        !p11psk_bytes_set(&ctx->salt, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_PREFIX)) != NULL &&
-        !p11psk_bytes_set(&ctx->prefix, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_LABEL)) != NULL &&
-        !p11psk_bytes_set(&ctx->label, p))
-        goto bad;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_DATA)) != NULL &&
-        !p11psk_bytes_set(&ctx->data, p))
-        goto bad;
-    return 1;
-bad:
-    P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM, "%s: cannot read parameter %s", ALG, p->key);
-    return 0;
-}
-
-static const OSSL_PARAM *p11psk_tls13_kdf_settable_ctx_params(void *vctx, void *provctx)
-{
-    static const OSSL_PARAM settable[] = {
-        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_MODE, NULL, 0),
-        OSSL_PARAM_int(OSSL_KDF_PARAM_MODE, NULL),
-        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_PROPERTIES, NULL, 0),
-        OSSL_PARAM_utf8_string(OSSL_KDF_PARAM_DIGEST, NULL, 0),
-        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_KEY, NULL, 0),
-        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_SALT, NULL, 0),
-        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_PREFIX, NULL, 0),
-        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_LABEL, NULL, 0),
-        OSSL_PARAM_octet_string(OSSL_KDF_PARAM_DATA, NULL, 0),
-        OSSL_PARAM_END};
-
-    return settable;
-}
-
-/* Output size: the hash length for extraction, unbounded otherwise (as OpenSSL's HKDF). */
-static size_t tls13_size(P11PSK_TLS13_KDF_CTX *ctx)
-{
-    EVP_MD *md;
-    size_t sz;
-    int s;
-
-    if (ctx->mode != EVP_KDF_HKDF_MODE_EXTRACT_ONLY)
-        return SIZE_MAX;
-    if (ctx->digest == NULL) {
-        P11PSK_RAISE(ctx->provctx, P11PSK_R_MISSING_PARAM, "%s: size needs a digest", ALG);
-        return 0;
-    }
-    if ((sz = p11psk_md_size(p11psk_md_from_name(ctx->digest))) != 0)
-        return sz;
-    md = EVP_MD_fetch(ctx->provctx->libctx, ctx->digest, ctx->propq);
-    s = md != NULL ? EVP_MD_get_size(md) : 0;
-    EVP_MD_free(md);
-    return s > 0 ? (size_t)s : 0;
-}
-
-static int p11psk_tls13_kdf_get_ctx_params(void *vctx, OSSL_PARAM params[])
-{
-    OSSL_PARAM *p;
-
-    if ((p = OSSL_PARAM_locate(params, OSSL_KDF_PARAM_SIZE)) != NULL) {
-        size_t sz = tls13_size(vctx);
-
-        if (sz == 0 || !OSSL_PARAM_set_size_t(p, sz))
-            return 0;
-    }
-    /* Gettable in OpenSSL's HKDF family; TLS13-KDF never takes an info, so it is empty. */
-    if ((p = OSSL_PARAM_locate(params, OSSL_KDF_PARAM_INFO)) != NULL)
-        p->return_size = 0;
-    return 1;
-}
-
-static const OSSL_PARAM *p11psk_tls13_kdf_gettable_ctx_params(void *vctx, void *provctx)
-{
-    static const OSSL_PARAM gettable[] = {OSSL_PARAM_size_t(OSSL_KDF_PARAM_SIZE, NULL),
-                                          OSSL_PARAM_octet_string(OSSL_KDF_PARAM_INFO, NULL, 0),
-                                          OSSL_PARAM_END};
-
-    return gettable;
-}
-
-static int need(const P11PSK_TLS13_KDF_CTX *ctx, const p11psk_bytes *b, const char *name)
+static int need(const P11PSK_KDF_CTX *ctx, const p11psk_bytes *b, const char *name)
 {
     if (b->p != NULL)
-        return 1;
+        return 0;
     P11PSK_RAISE(ctx->provctx, P11PSK_R_MISSING_PARAM, "%s with a p11psk handle needs %s", ALG,
                  name);
-    return 0;
+    return -1;
 }
 
-static int check_hash_outlen(const P11PSK_TLS13_KDF_CTX *ctx, int md, size_t outlen)
+static int check_hash_outlen(const P11PSK_KDF_CTX *ctx, int md, size_t outlen)
 {
     if (outlen == p11psk_md_size(md))
-        return 1;
+        return 0;
     P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_PARAM,
                  "%s extract with a p11psk handle: output length %zu is not the %s length %zu", ALG,
                  outlen, p11psk_md_name(md), p11psk_md_size(md));
-    return 0;
+    return -1;
 }
 
 /*
@@ -261,29 +93,30 @@ static int check_hash_outlen(const P11PSK_TLS13_KDF_CTX *ctx, int md, size_t out
  * answers TLS13_EARLY for other clients); the key and the ACL are checked by the expand or
  * extract that follows, and a failure there names the cause just the same.
  */
-static int tls13_early(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+static int tls13_early(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
     p11psk_handle h;
     int md;
 
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
-        !p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_PSK, 0, &h) ||
-        !check_hash_outlen(ctx, md, outlen))
-        return 0;
+        p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_PSK, 0, &h) != 0 ||
+        check_hash_outlen(ctx, md, outlen) != 0)
+        return -1;
     h.type = P11PSK_HT_TLS13_ES;
     h.digest = (uint8_t)md;
+    /* Still 1 = success in common/ (its convention is being changed separately). */
     if (!p11psk_handle_encode(&h, out, outlen)) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot encode a %s early-secret handle",
                      p11psk_md_name(md));
-        return 0;
+        return -1;
     }
     p11psk_debug("%s: early-secret handle made locally", ALG);
-    return 1;
+    return 0;
 }
 
 /* HKDF-Expand-Label from an ES handle (binder keys, early traffic, early exporter). */
-static int tls13_expand(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
     p11psk_frame fr;
@@ -291,13 +124,14 @@ static int tls13_expand(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t ou
     int md;
 
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
-        !p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_TLS13_ES, md, &h) ||
-        !need(ctx, &ctx->prefix, "a prefix") || !need(ctx, &ctx->label, "a label"))
-        return 0;
+        p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_TLS13_ES, md, &h) !=
+            0 ||
+        need(ctx, &ctx->prefix, "a prefix") != 0 || need(ctx, &ctx->label, "a label") != 0)
+        return -1;
     if (outlen == 0 || outlen > P11PSK_WIRE_OUT_MAX) {
         P11PSK_RAISE(pc, P11PSK_R_UNSUPPORTED, "%s expand: output length %zu (1..%d supported)",
                      ALG, outlen, P11PSK_WIRE_OUT_MAX);
-        return 0;
+        return -1;
     }
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXPAND);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
@@ -311,7 +145,7 @@ static int tls13_expand(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t ou
 }
 
 /* Handshake secret: salt = ES handle, key = (EC)DHE secret or absent (zeros). */
-static int tls13_extract(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
+static int tls13_extract(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
     p11psk_frame fr;
@@ -322,14 +156,14 @@ static int tls13_extract(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t o
         P11PSK_RAISE(pc, P11PSK_R_HANDLE_MODE,
                      "%s extract: a handle as key together with an early-secret handle as salt",
                      ALG);
-        return 0;
+        return -1;
     }
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
-        !p11psk_kdf_decode(pc, ALG " salt", ctx->salt.p, ctx->salt.len, P11PSK_HT_TLS13_ES, md,
-                           &h) ||
-        !need(ctx, &ctx->prefix, "a prefix") || !need(ctx, &ctx->label, "a label") ||
-        !check_hash_outlen(ctx, md, outlen))
-        return 0;
+        p11psk_kdf_decode(pc, ALG " salt", ctx->salt.p, ctx->salt.len, P11PSK_HT_TLS13_ES, md,
+                          &h) != 0 ||
+        need(ctx, &ctx->prefix, "a prefix") != 0 || need(ctx, &ctx->label, "a label") != 0 ||
+        check_hash_outlen(ctx, md, outlen) != 0)
+        return -1;
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXTRACT);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
     p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->salt.p, ctx->salt.len);
@@ -340,44 +174,19 @@ static int tls13_extract(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t o
     return p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen);
 }
 
-static int tls13_delegate(P11PSK_TLS13_KDF_CTX *ctx, unsigned char *out, size_t outlen)
-{
-    OSSL_PARAM params[10], *p = params;
-
-    *p++ = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &ctx->mode);
-    if (ctx->digest != NULL)
-        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, ctx->digest, 0);
-    if (ctx->propq != NULL)
-        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_PROPERTIES, ctx->propq, 0);
-    if (ctx->key.p != NULL)
-        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, ctx->key.p, ctx->key.len);
-    if (ctx->salt.p != NULL)
-        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, ctx->salt.p, ctx->salt.len);
-    if (ctx->prefix.p != NULL)
-        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, ctx->prefix.p,
-                                                 ctx->prefix.len);
-    if (ctx->label.p != NULL)
-        *p++ =
-            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, ctx->label.p, ctx->label.len);
-    if (ctx->data.p != NULL)
-        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, ctx->data.p, ctx->data.len);
-    *p = OSSL_PARAM_construct_end();
-    return p11psk_kdf_delegate(ctx->provctx, ALG, params, out, outlen);
-}
-
 static int p11psk_tls13_kdf_derive(void *vctx, unsigned char *key, size_t keylen,
                                    const OSSL_PARAM params[])
 {
-    P11PSK_TLS13_KDF_CTX *ctx = vctx;
+    P11PSK_KDF_CTX *ctx = vctx;
     int key_h, salt_h, data_h;
 
-    if (!p11psk_tls13_kdf_set_ctx_params(ctx, params))
+    if (!p11psk_kdf_set_ctx_params(ctx, params))
         return 0;
     key_h = p11psk_bytes_has_magic(&ctx->key);
     salt_h = p11psk_bytes_has_magic(&ctx->salt);
     data_h = p11psk_bytes_has_magic(&ctx->data);
     if (!key_h && !salt_h && !data_h)
-        return tls13_delegate(ctx, key, keylen);
+        return p11psk_kdf_delegate(ctx, key, keylen) == 0;
 
     p11psk_debug("%s: handle in %s, mode %s", ALG,
                  key_h    ? "key"
@@ -386,12 +195,12 @@ static int p11psk_tls13_kdf_derive(void *vctx, unsigned char *key, size_t keylen
                  mode_str(ctx->mode));
     if (!data_h && ctx->mode == EVP_KDF_HKDF_MODE_EXTRACT_ONLY) {
         if (salt_h)
-            return tls13_extract(ctx, key, keylen);
+            return tls13_extract(ctx, key, keylen) == 0;
         if (ctx->salt.p == NULL)
-            return tls13_early(ctx, key, keylen);
+            return tls13_early(ctx, key, keylen) == 0;
     }
     if (!data_h && !salt_h && ctx->mode == EVP_KDF_HKDF_MODE_EXPAND_ONLY)
-        return tls13_expand(ctx, key, keylen);
+        return tls13_expand(ctx, key, keylen) == 0;
     /* A handle is never raw key material, so no fallback to software here. */
     P11PSK_RAISE(ctx->provctx, P11PSK_R_HANDLE_MODE, "%s %s with a handle in %s%s", ALG,
                  mode_str(ctx->mode),
@@ -405,12 +214,12 @@ static int p11psk_tls13_kdf_derive(void *vctx, unsigned char *key, size_t keylen
 
 const OSSL_DISPATCH p11psk_tls13_kdf_functions[] = {
     {OSSL_FUNC_KDF_NEWCTX, (void (*)(void))p11psk_tls13_kdf_new},
-    {OSSL_FUNC_KDF_DUPCTX, (void (*)(void))p11psk_tls13_kdf_dup},
-    {OSSL_FUNC_KDF_FREECTX, (void (*)(void))p11psk_tls13_kdf_free},
-    {OSSL_FUNC_KDF_RESET, (void (*)(void))p11psk_tls13_kdf_reset},
+    {OSSL_FUNC_KDF_DUPCTX, (void (*)(void))p11psk_kdf_dup},
+    {OSSL_FUNC_KDF_FREECTX, (void (*)(void))p11psk_kdf_free},
+    {OSSL_FUNC_KDF_RESET, (void (*)(void))p11psk_kdf_reset},
     {OSSL_FUNC_KDF_DERIVE, (void (*)(void))p11psk_tls13_kdf_derive},
     {OSSL_FUNC_KDF_SETTABLE_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_settable_ctx_params},
-    {OSSL_FUNC_KDF_SET_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_set_ctx_params},
+    {OSSL_FUNC_KDF_SET_CTX_PARAMS, (void (*)(void))p11psk_kdf_set_ctx_params},
     {OSSL_FUNC_KDF_GETTABLE_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_gettable_ctx_params},
-    {OSSL_FUNC_KDF_GET_CTX_PARAMS, (void (*)(void))p11psk_tls13_kdf_get_ctx_params},
+    {OSSL_FUNC_KDF_GET_CTX_PARAMS, (void (*)(void))p11psk_kdf_get_ctx_params},
     {0, NULL}};

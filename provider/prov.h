@@ -2,6 +2,14 @@
 #ifndef P11PSK_PROV_H
 #define P11PSK_PROV_H
 
+/*
+ * Return values. Functions the core calls (OSSL_provider_init and everything in a dispatch
+ * table) follow OpenSSL: 1 = success, 0 = failure. Every other function follows the project:
+ * 0 = success, negative = failure, the error already raised with P11PSK_RAISE. Predicates
+ * (p11psk_bytes_has_magic, p11psk_debug_enabled, p11psk_kdf_takes) return nonzero for true;
+ * lookups return the value or a sentinel (p11psk_kdf_md: P11PSK_MD_NONE, p11psk_kdf_alg: NULL).
+ */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +29,12 @@
 #define P11PSK_CONF_SOCKET "p11psk-socket"
 #define P11PSK_CONF_TIMEOUT "p11psk-timeout-ms"
 
+/* The KDFs this provider implements: indexes the algorithm table and the delegate cache. */
+enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
+
+#define P11PSK_KDF_TLS13_NAME "TLS13-KDF"
+#define P11PSK_KDF_TLS1_PRF_NAME "TLS1-PRF"
+
 typedef struct p11psk_prov_ctx {
     const OSSL_CORE_HANDLE *handle;
     OSSL_LIB_CTX *libctx; /* child of the application's libctx, for delegation */
@@ -33,7 +47,7 @@ typedef struct p11psk_prov_ctx {
     /* Delegates fetched once: libssl derives ~20 times per handshake, and a fetch with a
      * property query of its own is a slow path in OpenSSL 3.0. */
     pthread_mutex_t delegate_lock;
-    EVP_KDF *delegate[2]; /* TLS13-KDF, TLS1-PRF */
+    EVP_KDF *delegate[P11PSK_KDF_COUNT]; /* by enum p11psk_kdf_id */
 } P11PSK_PROV_CTX;
 
 /* Error reasons; the strings are registered with the core (provider.c). */
@@ -79,7 +93,8 @@ void p11psk_svc_ref(const char *path, int timeout_ms);
 void p11psk_svc_unref(void);
 /*
  * Finishes and sends req, expects status OK with field outtag of exactly outlen bytes, copied
- * to out. Raises the mapped error and returns 0 otherwise. req is cleansed in every case.
+ * to out, and returns 0. Raises the mapped error and returns -1 otherwise. req is cleansed in
+ * every case.
  */
 int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, uint8_t *out,
                     size_t outlen);
@@ -98,16 +113,60 @@ int p11psk_str_set(char **s, const OSSL_PARAM *p);
 int p11psk_str_dup(char **dst, const char *src);
 int p11psk_bytes_has_magic(const p11psk_bytes *b);
 
+/* kdf_ctx.c: one algorithm table and one context for every KDF (as OpenSSL's hkdf.c). */
+typedef struct {
+    const char *name;           /* OpenSSL's name; the delegate is fetched by it */
+    const OSSL_PARAM *settable; /* read by set_ctx_params and passed on to the delegate */
+    const OSSL_PARAM *gettable; /* answered by get_ctx_params */
+} P11PSK_KDF_ALG;
+
+typedef struct {
+    P11PSK_PROV_CTX *provctx;
+    int id; /* enum p11psk_kdf_id */
+    const P11PSK_KDF_ALG *alg;
+    int mode; /* an EVP_KDF_HKDF_MODE_*; settable in TLS13-KDF only */
+    char *digest;
+    char *propq;
+    /* TLS13-KDF */
+    p11psk_bytes key;
+    p11psk_bytes salt;
+    p11psk_bytes prefix;
+    p11psk_bytes label;
+    p11psk_bytes data;
+    /* TLS1-PRF */
+    p11psk_bytes secret;
+    p11psk_bytes seed; /* SEED params concatenate */
+} P11PSK_KDF_CTX;
+
+const P11PSK_KDF_ALG *p11psk_kdf_alg(int id);
+int p11psk_kdf_takes(const P11PSK_KDF_CTX *ctx, const char *key);
+/* The parameters set in ctx, for the delegate; params needs P11PSK_KDF_PARAMS_MAX entries. */
+#define P11PSK_KDF_PARAMS_MAX 11
+void p11psk_kdf_ctx_params(const P11PSK_KDF_CTX *ctx, OSSL_PARAM params[]);
+
+/* Core-facing (1 = success); each KDF's newctx calls p11psk_kdf_new with its id. */
+void *p11psk_kdf_new(void *provctx, int id);
+OSSL_FUNC_kdf_freectx_fn p11psk_kdf_free;
+OSSL_FUNC_kdf_reset_fn p11psk_kdf_reset;
+OSSL_FUNC_kdf_dupctx_fn p11psk_kdf_dup;
+OSSL_FUNC_kdf_set_ctx_params_fn p11psk_kdf_set_ctx_params;
+OSSL_FUNC_kdf_get_ctx_params_fn p11psk_kdf_get_ctx_params;
+
+/* kdf_common.c: handle checks and delegation. */
 /* Resolves a DIGEST name for a handle operation; raises "unsupported" naming it. */
 int p11psk_kdf_md(const P11PSK_PROV_CTX *pc, const char *alg, const char *digest);
 /* Decodes a buffer known to carry the magic, wanting type (and digest md for ES handles). */
 int p11psk_kdf_decode(const P11PSK_PROV_CTX *pc, const char *what, const uint8_t *buf, size_t len,
                       int type, int md, p11psk_handle *h);
-/* Runs alg from another provider (no handle involved). */
-int p11psk_kdf_delegate(const P11PSK_PROV_CTX *pc, const char *alg, const OSSL_PARAM params[],
-                        unsigned char *out, size_t outlen);
+/* Runs ctx's algorithm with ctx's parameters in another provider (no handle involved). */
+int p11psk_kdf_delegate(const P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen);
 
+/* Each KDF's file: its parameter lists (for the table) and its dispatch table. */
+extern const OSSL_PARAM p11psk_tls13_kdf_settable[];
+extern const OSSL_PARAM p11psk_tls13_kdf_gettable[];
 extern const OSSL_DISPATCH p11psk_tls13_kdf_functions[];
+extern const OSSL_PARAM p11psk_tls1_prf_settable[];
+extern const OSSL_PARAM p11psk_tls1_prf_gettable[];
 extern const OSSL_DISPATCH p11psk_tls1_prf_functions[];
 
 #endif

@@ -56,9 +56,9 @@ const char *p11psk_reason_str(int reason)
 }
 
 static const OSSL_ALGORITHM p11psk_kdfs[] = {
-    {"TLS13-KDF", P11PSK_PROV_PROPS, p11psk_tls13_kdf_functions,
+    {P11PSK_KDF_TLS13_NAME, P11PSK_PROV_PROPS, p11psk_tls13_kdf_functions,
      "TLS 1.3 KDF accepting p11psk PSK handles"},
-    {"TLS1-PRF", P11PSK_PROV_PROPS, p11psk_tls1_prf_functions,
+    {P11PSK_KDF_TLS1_PRF_NAME, P11PSK_PROV_PROPS, p11psk_tls1_prf_functions,
      "TLS 1.0-1.2 PRF accepting p11psk PSK handles"},
     {NULL, NULL, NULL, NULL}};
 
@@ -106,12 +106,13 @@ static int p11psk_get_params(void *provctx, OSSL_PARAM params[])
 static void p11psk_teardown(void *vctx)
 {
     P11PSK_PROV_CTX *pc = vctx;
+    int i;
 
     if (pc == NULL)
         return;
     p11psk_svc_unref();
-    EVP_KDF_free(pc->delegate[0]);
-    EVP_KDF_free(pc->delegate[1]);
+    for (i = 0; i < P11PSK_KDF_COUNT; i++)
+        EVP_KDF_free(pc->delegate[i]);
     pthread_mutex_destroy(&pc->delegate_lock);
     OSSL_LIB_CTX_free(pc->libctx);
     OPENSSL_free(pc);
@@ -127,7 +128,7 @@ static const OSSL_DISPATCH p11psk_dispatch[] = {
 
 /*
  * Socket path and timeout: openssl.cnf provider section, then P11PSK_SOCKET/_TIMEOUT_MS.
- * Returns 0 with a message in err when a value is invalid (path and timeout stay usable).
+ * Returns -1 with a message in err when a value is invalid (path and timeout stay usable).
  */
 static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, char *path,
                        size_t pathcap, int *timeout_ms, char *err, size_t errcap)
@@ -137,7 +138,7 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     const char *path_src = P11PSK_CONF_SOCKET, *timeout_src = P11PSK_CONF_TIMEOUT;
     char *end;
     long t;
-    int ok = 1;
+    int ret = 0;
 
     for (; in->function_id != 0; in++)
         if (in->function_id == OSSL_FUNC_CORE_GET_PARAMS)
@@ -164,7 +165,7 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     if (strlen(cfg_path) >= pathcap) {
         snprintf(err, errcap, "%s: socket path longer than %zu bytes", path_src, pathcap - 1);
         cfg_path = P11PSK_DEFAULT_SOCKET;
-        ok = 0;
+        ret = -1;
     }
     snprintf(path, pathcap, "%s", cfg_path);
 
@@ -174,15 +175,15 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         t = strtol(cfg_timeout, &end, 10);
         if (errno != 0 || end == cfg_timeout || *end != '\0' || t <= 0 ||
             t > P11PSK_TIMEOUT_MAX_MS) {
-            if (ok)
+            if (ret == 0)
                 snprintf(err, errcap, "%s \"%.64s\": expected milliseconds in 1..%d", timeout_src,
                          cfg_timeout, P11PSK_TIMEOUT_MAX_MS);
-            ok = 0;
+            ret = -1;
         } else {
             *timeout_ms = (int)t;
         }
     }
-    return ok;
+    return ret;
 }
 
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
@@ -200,8 +201,8 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         return 0;
     pc->handle = handle;
     pthread_mutex_init(&pc->delegate_lock, NULL);
-    if (!read_config(handle, in, path, sizeof(path), &timeout_ms, pc->config_error,
-                     sizeof(pc->config_error)))
+    if (read_config(handle, in, path, sizeof(path), &timeout_ms, pc->config_error,
+                    sizeof(pc->config_error)) != 0)
         p11psk_debug("invalid configuration: %s", pc->config_error);
     /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
