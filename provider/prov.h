@@ -4,10 +4,12 @@
 
 /*
  * Return values. Functions the core calls (OSSL_provider_init and everything in a dispatch
- * table) follow OpenSSL: 1 = success, 0 = failure. Every other function follows the project:
- * 0 = success, negative = failure, the error already raised with P11PSK_RAISE. Predicates
- * (p11psk_bytes_has_magic, p11psk_debug_enabled, p11psk_kdf_takes) return nonzero for true;
- * lookups return the value or a sentinel (p11psk_kdf_md: P11PSK_MD_NONE, p11psk_kdf_alg: NULL).
+ * table) follow OpenSSL: 1 = success, 0 = failure. Internal functions that can fail follow the
+ * project: 0 = success, negative = failure. Those that reach the operator raise with
+ * P11PSK_RAISE before failing; the parameter-storage helpers (p11psk_bytes_*, p11psk_str_*)
+ * leave that to their caller, which names the parameter. Predicates (p11psk_bytes_has_magic,
+ * p11psk_debug_enabled, p11psk_kdf_takes) return nonzero for true; lookups return the value or
+ * a sentinel (p11psk_kdf_md: P11PSK_MD_NONE, p11psk_kdf_alg: NULL).
  */
 
 #include <stddef.h>
@@ -81,8 +83,10 @@ void p11psk_raise(const OSSL_CORE_HANDLE *handle, const char *file, int line, co
 const char *p11psk_reason_str(int reason); /* provider.c */
 
 /*
- * Logs (stderr, only with P11PSK_DEBUG set) and pushes an OpenSSL error through the core, like
- * ERR_raise_data. The data is for the operator: never key bytes or derived secrets.
+ * The provider's one error path: logs (stderr, only with P11PSK_DEBUG set) and pushes an
+ * OpenSSL error through the core, like ERR_raise_data. Never ERR_raise directly: only the
+ * core's upcalls file the error under this provider and its reason strings. The data is for
+ * the operator: never key bytes or derived secrets.
  */
 #define P11PSK_RAISE(pc, reason, ...)                                                              \
     p11psk_raise((pc) != NULL ? (pc)->handle : NULL, OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC,     \
