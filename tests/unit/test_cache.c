@@ -158,7 +158,7 @@ START_TEST(ttl_expiry)
 }
 END_TEST
 
-/* A full cache never grows past its size; flushing or a stale entry makes room. */
+/* A full cache never grows past its size; flushing makes room. */
 START_TEST(capacity_bounded)
 {
     enum { MAX = 4, PUT = 6 };
@@ -189,9 +189,13 @@ START_TEST(capacity_bounded)
         p11psk_cache_put(c, id, sizeof(id), 1, P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
     }
     ck_assert_uint_eq(stats(c).entries, MAX);
-    /* A lookup that finds another object evicts the stale entry: room for a new key. */
+    /* A rotated key's new value takes its old entry's place: the cache does not grow. */
     id[1] = 0x10;
-    ck_assert(!p11psk_cache_get(c, id, sizeof(id), 2, P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    p11psk_cache_put(c, id, sizeof(id), 2, P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
+    ck_assert_uint_eq(stats(c).entries, MAX);
+    ck_assert(p11psk_cache_get(c, id, sizeof(id), 2, P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    /* Flushing one key makes room for a new one. */
+    ck_assert_uint_eq(p11psk_cache_flush(c, id, sizeof(id)), 1);
     ck_assert_uint_eq(stats(c).entries, MAX - 1);
     id[1] = 0x7f;
     p11psk_cache_put(c, id, sizeof(id), 1, P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
