@@ -9,6 +9,32 @@
 
 double bench_now(void);
 
+/* ---- order statistics (stats.c) ---- */
+
+double bench_median(const double *v, size_t n); /* 0 when n is 0 */
+double bench_min(const double *v, size_t n);
+double bench_max(const double *v, size_t n);
+
+/* ---- p11pskd's own view (svcprobe.c) ---- */
+
+/* Derivation requests (TLS 1.3 and 1.2 ops, any result) p11pskd has answered so far, from
+ * its STATUS counters. Needs the status permission (p11pskd's own uid has it). */
+int bench_derivations(const char *socket, unsigned long long *n, char *err, size_t errcap);
+/* n PINGs one after another on one warm connection; each round trip's time in out (us). */
+int bench_ping_us(const char *socket, size_t n, double *out, char *err, size_t errcap);
+
+/* ---- handshakes (bench_hs.c) ---- */
+
+typedef struct {
+    const char *conf;   /* p11pskd.conf: where the benchmark key is made */
+    const char *socket; /* p11pskd's socket: counters and PING */
+    double seconds;     /* per mode per round */
+    int rounds;
+} bench_hs_params;
+
+/* Prints the handshake table, then one BENCH line per row. Returns 0 on any failure. */
+int bench_handshakes(const bench_hs_params *p);
+
 /* ---- service load (svcload.c) ---- */
 
 typedef struct {
