@@ -12,9 +12,12 @@
 #   P11PSK_BENCH_ROUNDS=7        interleaved rounds per handshake mode (>= 7 to decide on)
 #   P11PSK_BENCH_SECONDS=2       handshake seconds per mode per round; also per service row
 #   P11PSK_BENCH_SCALE_KEYS=10000  key counts of the scaling part, e.g. 1000,10000
-#   P11PSK_BENCH_TOKEN_DIR       where the token lives between runs, so the 10,000 keys are
-#                                made only once (default: bench-token in the build dir;
-#                                test keys only, delete it to start afresh)
+#   P11PSK_BENCH_MAKE_KEYS=1     create those keys if the token lacks them (about 2 min per
+#                                1,000 on SoftHSM2, once); without it such rows are skipped,
+#                                so that a default run stays within about 5 minutes
+#   P11PSK_BENCH_TOKEN_DIR       where the token lives between runs, so the keys are made
+#                                only once (default: bench-token in the build dir; test keys
+#                                only, delete it to start afresh)
 #   P11PSK_BENCH_CONF            extra p11pskd.conf lines, e.g. "busy-poll-us = 300"
 # Builds into build/ first (with the benchmark) if needed.
 set -euo pipefail
@@ -91,10 +94,13 @@ cpu=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1)
     echo "# $(openssl version), p11psk $(git -C "$P11PSK_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
     echo
 } | tee ${OUT:+"$OUT"}
+make_keys=()
+[ "${P11PSK_BENCH_MAKE_KEYS:-0}" = 1 ] && make_keys=(--make-keys)
 set +e
 OPENSSL_CONF=$T/openssl.cnf "$B/bin/p11psk-bench" --config "$T/p11pskd.conf" \
     --rounds "${P11PSK_BENCH_ROUNDS:-7}" --seconds "${P11PSK_BENCH_SECONDS:-2}" \
-    --scale-keys "${P11PSK_BENCH_SCALE_KEYS:-10000}" "$@" | tee ${OUT:+-a "$OUT"}
+    --scale-keys "${P11PSK_BENCH_SCALE_KEYS:-10000}" \
+    "${make_keys[@]}" "$@" | tee ${OUT:+-a "$OUT"}
 rc=${PIPESTATUS[0]}
 set -e
 [ -z "$OUT" ] || echo "written to $OUT" >&2

@@ -22,7 +22,7 @@
 #include "bench.h"
 #include "config.h"
 
-#define SCALE_MAX 4          /* key counts the scaling part takes */
+#define SCALE_MAX 4 /* key counts the scaling part takes */
 #define SCALE_KEYS_MAX 100000
 #define SVC_ROWS_MAX 32
 
@@ -36,6 +36,7 @@ typedef struct {
     size_t load_threads;
     size_t scale[SCALE_MAX];
     size_t nscale;
+    int make_keys; /* create missing scaling keys (slow) rather than skip the row */
 } opts;
 
 /* One service measurement, kept for the BENCH_SVC lines after the table. */
@@ -66,7 +67,10 @@ static void usage(FILE *f)
             "  -R, --rate N          also measure service latency at N derivations/s offered\n"
             "                        in total (default 20000; 0: only back to back)\n"
             "  -k, --scale-keys LIST key counts for the scaling part, comma separated\n"
-            "                        (default 10000; created once, reused by later runs)\n"
+            "                        (default 10000; rows whose keys are not in the token\n"
+            "                        yet are skipped, see --make-keys)\n"
+            "  -m, --make-keys       create the missing scaling keys (about 2 min per 1,000\n"
+            "                        on SoftHSM2); they stay in the token for later runs\n"
             "  -T, --load-threads N  threads driving the service connections (default 2)\n"
             "  -h, --help            this help\n"
             "\n"
@@ -78,9 +82,9 @@ static void svc_print(const svc_row *w)
     char load[32];
 
     snprintf(load, sizeof(load), w->offered > 0 ? "%.0f/s" : "max", w->offered);
-    printf("%-8s %7zu %8zu %8s %12.0f %9.1f %9.1f %9.1f%s%s\n", w->part, w->keys, w->clients,
-           load, w->r.per_s, w->r.p50_us, w->r.p99_us, w->r.max_us,
-           w->r.errors ? "  errors: " : "", w->r.errors ? w->r.first_error : "");
+    printf("%-8s %7zu %8zu %8s %12.0f %9.1f %9.1f %9.1f%s%s\n", w->part, w->keys, w->clients, load,
+           w->r.per_s, w->r.p50_us, w->r.p99_us, w->r.max_us, w->r.errors ? "  errors: " : "",
+           w->r.errors ? w->r.first_error : "");
     fflush(stdout);
 }
 
@@ -93,8 +97,7 @@ static void svc_bench_line(const svc_row *w)
 }
 
 /* Measures and prints one row: back to back (rate 0) or paced. */
-static int svc_measure(const opts *o, const char *part, const bench_keys *keys,
-                       bench_svc_params *p, double rate)
+static int svc_measure(const char *part, const bench_keys *keys, bench_svc_params *p, double rate)
 {
     svc_row w;
 
@@ -113,7 +116,7 @@ static int svc_measure(const opts *o, const char *part, const bench_keys *keys,
 }
 
 static int run_service(const opts *o, const char *part, const size_t *nkeys, size_t nn,
-                       const size_t *clients, size_t nc)
+                       const size_t *clients, size_t nc, int create)
 {
     bench_svc_params p;
     bench_svc_result r;
@@ -123,14 +126,18 @@ static int run_service(const opts *o, const char *part, const size_t *nkeys, siz
 
     for (i = 0; i < nn; i++) {
         double t0 = bench_now();
+        int have = bench_keys_make(o->conf, nkeys[i], "bench-", create, &keys);
 
-        if (nkeys[i] > 1)
-            fprintf(stderr, "p11psk-bench: %zu keys in the token (made once, kept)...\n",
-                    nkeys[i]);
-        if (!bench_keys_make(o->conf, nkeys[i], "bench-", &keys))
+        if (have == 0)
             return 0;
+        if (have < 0) {
+            printf("%-8s %7zu  skipped: %zu of the keys in the token; --make-keys creates "
+                   "them once\n",
+                   part, nkeys[i], keys.n);
+            continue;
+        }
         if (nkeys[i] > 1)
-            fprintf(stderr, "p11psk-bench: keys ready in %.1f s\n", bench_now() - t0);
+            fprintf(stderr, "p11psk-bench: %zu keys ready in %.1f s\n", nkeys[i], bench_now() - t0);
         for (j = 0; j < nc; j++) {
             memset(&p, 0, sizeof(p));
             p.socket = o->socket;
@@ -144,9 +151,9 @@ static int run_service(const opts *o, const char *part, const size_t *nkeys, siz
             bench_svc_run(&p, &keys, &r);
             p.warm = 0;
             p.seconds = o->svc_seconds;
-            ok = svc_measure(o, part, &keys, &p, 0) && ok;
+            ok = svc_measure(part, &keys, &p, 0) && ok;
             if (o->rate > 0) /* latency under a given load, below saturation */
-                ok = svc_measure(o, part, &keys, &p, o->rate) && ok;
+                ok = svc_measure(part, &keys, &p, o->rate) && ok;
         }
         bench_keys_free(&keys);
     }
@@ -197,6 +204,7 @@ int main(int argc, char **argv)
         {"rate", required_argument, NULL, 'R'},
         {"scale-keys", required_argument, NULL, 'k'},
         {"load-threads", required_argument, NULL, 'T'},
+        {"make-keys", no_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -215,7 +223,7 @@ int main(int argc, char **argv)
     o.load_threads = 2;
     o.scale[0] = 10000;
     o.nscale = 1;
-    while ((c = getopt_long(argc, argv, "c:s:S:r:R:k:T:h", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:s:S:r:R:k:T:mh", lo, NULL)) != -1) {
         switch (c) {
         case 'c':
             o.conf = optarg;
@@ -245,14 +253,18 @@ int main(int argc, char **argv)
             break;
         case 'k':
             if (!parse_scale(optarg, &o)) {
-                fprintf(stderr, "p11psk-bench: --scale-keys: expected up to %d counts of "
-                                "1..%d, comma separated\n",
+                fprintf(stderr,
+                        "p11psk-bench: --scale-keys: expected up to %d counts of "
+                        "1..%d, comma separated\n",
                         SCALE_MAX, SCALE_KEYS_MAX);
                 return 2;
             }
             break;
         case 'T':
             o.load_threads = (size_t)atoi(optarg) > 0 ? (size_t)atoi(optarg) : 1;
+            break;
+        case 'm':
+            o.make_keys = 1;
             break;
         case 'h':
             usage(stdout);
@@ -300,9 +312,9 @@ int main(int argc, char **argv)
                "derivs/s", "p50 us", "p99 us", "max us");
     }
     if (svc)
-        ok = run_service(&o, "service", one, 1, clients, 3) && ok;
+        ok = run_service(&o, "service", one, 1, clients, 3, 1) && ok;
     if (sc)
-        ok = run_service(&o, "scaling", o.scale, o.nscale, clients + 2, 1) && ok;
+        ok = run_service(&o, "scaling", o.scale, o.nscale, clients + 2, 1, o.make_keys) && ok;
     if (nsvc_rows > 0) {
         printf("\n");
         for (k = 0; k < nsvc_rows; k++)

@@ -47,8 +47,10 @@ typedef struct {
 } bench_keys;
 
 /* Makes sure n keys PREFIX000000.. exist in the token of config conf (NULL: default
- * lookup) and returns their handles. */
-int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *out);
+ * lookup) and returns their handles: 1. Without create, keys missing from the token are
+ * not made: returns -1 with the number found in out->n (creating 10,000 SoftHSM2 objects
+ * takes many minutes, so that is done once, on request). 0 on errors, said on stderr. */
+int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, bench_keys *out);
 void bench_keys_free(bench_keys *k);
 /* Creates (again) key label with a fresh random value of len bytes, returned with its
  * handle: the raw side of a handshake needs the value. */
@@ -62,7 +64,7 @@ typedef struct {
     size_t clients;
     double seconds;
     int op;
-    double rate; /* total requests per second, spread over the clients; 0: back to back */
+    double rate;    /* total requests per second, spread over the clients; 0: back to back */
     size_t threads; /* load threads the connections are spread over */
     int warm;       /* ask for every key once, in order, then stop (not measured) */
 } bench_svc_params;

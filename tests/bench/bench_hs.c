@@ -19,9 +19,9 @@
 enum { M_RAW, M_HANDLE, M_N };
 
 #define THREADS_MAX 2
-#define HANDLE_SIDES 1        /* the client holds the handle, the server the raw key */
-#define PINGS_PER_ROUND 1000  /* about 20 ms on a quiet machine */
-#define TARGET_FACTOR 1.5     /* added time may be 1.5 x the bare round trips it needs */
+#define HANDLE_SIDES 1       /* the client holds the handle, the server the raw key */
+#define PINGS_PER_ROUND 1000 /* about 20 ms on a quiet machine */
+#define TARGET_FACTOR 1.5    /* added time may be 1.5 x the bare round trips it needs */
 
 static const struct {
     const char *name; /* in the table */
@@ -126,7 +126,8 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
             if (failed > 0 || n == 0) {
                 if (n == 0 && failed == 0)
                     snprintf(err, sizeof(err), "no handshake finished in %.2f s", secs);
-                fprintf(stderr, "p11psk-bench: %s, %d thread(s), %s: %lu of %lu handshakes failed: %s\n",
+                fprintf(stderr,
+                        "p11psk-bench: %s, %d thread(s), %s: %lu of %lu handshakes failed: %s\n",
                         suite, threads, m == M_RAW ? "raw" : "handle", failed, n + failed, err);
                 err[0] = '\0'; /* said */
                 ok = 0;
@@ -190,26 +191,27 @@ static void print_head(const bench_hs_params *p)
            "  rtt us    one PING round trip, single thread, median over the run\n"
            "  target    added us <= %.1f x rt/side x rtt us\n\n",
            TARGET_FACTOR);
-    printf("%-17s %7s %9s %11s %9s %9s %9s %7s %9s %7s %9s %6s\n", "suite", "threads",
-           "raw hs/s", "handle hs/s", "ratio min", "ratio med", "ratio max", "rt/side",
-           "added us", "rtt us", "target us", "check");
+    printf("%-17s %7s %9s %11s %9s %9s %9s %7s %9s %7s %9s %6s\n", "suite", "threads", "raw hs/s",
+           "handle hs/s", "ratio min", "ratio med", "ratio max", "rt/side", "added us", "rtt us",
+           "target us", "check");
 }
 
 static void print_row(const char *suite, const row *w)
 {
     printf("%-17s %7d %9.0f %11.0f %9.3f %9.3f %9.3f %7.2f %9.1f %7.1f %9.1f %6s\n", suite,
-           w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side,
-           w->added_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "MISS");
+           w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side, w->added_us,
+           w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "MISS");
     fflush(stdout);
 }
 
-static void print_bench_line(const char *key, const row *w)
+static void print_bench_line(const bench_hs_params *p, const char *key, const row *w)
 {
     printf("BENCH suite=%s threads=%d raw=%.0f handle=%.0f ratio_min=%.3f ratio_med=%.3f "
            "ratio_max=%.3f rt_per_side=%.2f added_us=%.1f rtt_us=%.1f target_us=%.1f "
-           "target=%s\n",
+           "target=%s rounds=%d seconds=%.2f\n",
            key, w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side,
-           w->added_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "miss");
+           w->added_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "miss",
+           p->rounds, p->seconds);
 }
 
 int bench_handshakes(const bench_hs_params *p)
@@ -268,7 +270,7 @@ int bench_handshakes(const bench_hs_params *p)
     for (s = 0; s < NSUITES; s++)
         for (threads = 1; threads <= THREADS_MAX; threads++)
             if (done[s][threads - 1])
-                print_bench_line(suites[s].key, &rows[s][threads - 1]);
+                print_bench_line(p, suites[s].key, &rows[s][threads - 1]);
     fflush(stdout);
 out:
     OPENSSL_cleanse(raw, sizeof(raw));

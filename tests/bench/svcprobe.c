@@ -15,8 +15,7 @@
 /* The ops a handshake's derivations use; PING, STATUS and FLUSH are not handshake work. */
 static int derivation_op(const char *op, size_t len)
 {
-    static const char *const ops[] = {"tls13-early", "tls13-expand", "tls13-extract",
-                                      "tls12-prf"};
+    static const char *const ops[] = {"tls13-early", "tls13-expand", "tls13-extract", "tls12-prf"};
     size_t i;
 
     for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -40,8 +39,8 @@ static unsigned long long sum_derivations(const char *txt, size_t len)
             derivation_op(p + sizeof(pre) - 1, (size_t)(q - p) - (sizeof(pre) - 1)) &&
             (sp = memchr(q, ' ', (size_t)(eol - q))) != NULL) {
             char num[24];
-            size_t n = (size_t)(eol - sp - 1) < sizeof(num) - 1 ? (size_t)(eol - sp - 1)
-                                                                 : sizeof(num) - 1;
+            size_t n =
+                (size_t)(eol - sp - 1) < sizeof(num) - 1 ? (size_t)(eol - sp - 1) : sizeof(num) - 1;
 
             memcpy(num, sp + 1, n);
             num[n] = '\0';
