@@ -147,7 +147,7 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
             break;
         ratio[r] = rhandle[r] / rraw[r];
         added[r] = (1 / rhandle[r] - 1 / rraw[r]) * threads / HANDLE_SIDES * 1e6;
-        /* Between the modes' slices, so the floor sees the same machine as the handshakes. */
+        /* Every round, so the floor sees the same machine as that round's handshakes. */
         if (!bench_ping_us(p->socket, PINGS_PER_ROUND, ping + nping, err, sizeof(err)))
             ok = 0;
         nping += PINGS_PER_ROUND;
