@@ -1,32 +1,48 @@
-/* The handshake part of p11psk-bench: in-process handshakes per mode, interleaved. */
+/*
+ * The handshake part of p11psk-bench: in-process handshakes with raw keys against the same
+ * with a handle on one side, in interleaved rounds (round r runs both modes, the order
+ * alternating), so that machine noise hits both alike and each round gives its own ratio.
+ * In the same run it counts p11pskd's requests during the handle rounds and times a bare
+ * round trip (PING), the floor the added time per handshake is judged against.
+ */
+#include <openssl/crypto.h>
 #include <openssl/provider.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
 #include "hs.h"
 
-enum { M_RAW, M_RAWP, M_HANDLE, M_BOTH, M_N };
+enum { M_RAW, M_HANDLE, M_N };
 
-static const char *const mode_name[M_N] = {"raw", "raw+provider", "handle/raw", "handle/handle"};
-static const char *const mode_help[M_N] = {
-    "raw keys, provider not loaded (the application before p11psk)",
-    "raw keys, provider loaded (delegation cost only)",
-    "handle on the client, raw key on the server",
-    "handles on both sides",
-};
+#define THREADS_MAX 2
+#define HANDLE_SIDES 1       /* the client holds the handle, the server the raw key */
+#define PINGS_PER_ROUND 1000 /* about 20 ms on a quiet machine */
+#define TARGET_FACTOR 1.5    /* added time may be 1.5 x the bare round trips it needs */
 
 static const struct {
-    const char *name;
+    const char *name; /* in the table */
+    const char *key;  /* in the BENCH lines */
     int tls13;
     const char *cipher;
 } suites[] = {
-    {"TLS1.3 X25519+PSK", 1, "TLS_AES_128_GCM_SHA256"},
-    {"TLS1.2 PSK-AES128-GCM-SHA256", 0, "PSK-AES128-GCM-SHA256"},
-    {"TLS1.2 ECDHE-PSK-AES128-CBC-SHA256", 0, "ECDHE-PSK-AES128-CBC-SHA256"},
+    {"TLS1.3 X25519+PSK", "tls13-x25519-psk_dhe_ke", 1, "TLS_AES_128_GCM_SHA256"},
+    {"TLS1.2 ECDHE-PSK", "tls12-ecdhe-psk", 0, "ECDHE-PSK-AES128-CBC-SHA256"},
+    {"TLS1.2 PSK", "tls12-psk", 0, "PSK-AES128-GCM-SHA256"},
 };
+#define NSUITES (sizeof(suites) / sizeof(suites[0]))
+
+typedef struct {
+    int threads;
+    double raw, handle;      /* handshakes/s, medians over rounds */
+    double rmin, rmed, rmax; /* per-round handle/raw */
+    double rt_per_side;      /* p11pskd requests per handshake per handle side */
+    double added_us;         /* per handshake side, median over rounds */
+    double rtt_us;           /* one PING, median */
+} row;
 
 typedef struct {
     p11psk_hs *hs;
@@ -48,106 +64,214 @@ static void *run_main(void *arg)
     return NULL;
 }
 
-/* Handshakes in `seconds` with `threads` threads; adds to *ok and *failed. */
+/* Handshakes for `seconds` on `threads` threads; returns the time taken, *ok and *failed. */
 static double slice(p11psk_hs *hs, int threads, double seconds, unsigned long *ok,
                     unsigned long *failed, char *err, size_t errcap)
 {
-    runner r[2];
-    pthread_t th[2];
-    double t0 = bench_now(), t1;
-    int i;
+    runner r[THREADS_MAX];
+    pthread_t th[THREADS_MAX];
+    double t0 = bench_now();
+    int i, started = 0;
 
     memset(r, 0, sizeof(r));
+    *ok = *failed = 0;
     for (i = 0; i < threads; i++) {
         r[i].hs = hs;
         r[i].stop_at = t0 + seconds;
-        pthread_create(&th[i], NULL, run_main, &r[i]);
+        if (pthread_create(&th[i], NULL, run_main, &r[i]) != 0) {
+            snprintf(err, errcap, "cannot start a handshake thread");
+            (*failed)++;
+            break;
+        }
+        started++;
     }
-    for (i = 0; i < threads; i++) {
+    for (i = 0; i < started; i++) {
         pthread_join(th[i], NULL);
         *ok += r[i].ok;
         *failed += r[i].failed;
-        if (r[i].failed > 0 && err[0] == '\0')
+        if (r[i].failed > 0)
             snprintf(err, errcap, "%s", r[i].err);
     }
-    t1 = bench_now();
-    return t1 - t0;
+    return bench_now() - t0;
 }
 
-int bench_handshakes(const char *conf, double seconds, int rounds, int json)
+/* All rounds of one suite and thread count. Returns 0 (having said why) on any failure. */
+static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_N], int threads,
+                   row *out)
+{
+    size_t nr = (size_t)p->rounds, nping = 0;
+    double *rate = calloc(nr * M_N, sizeof(double)), *ratio = calloc(nr, sizeof(double));
+    double *added = calloc(nr, sizeof(double));
+    double *ping = calloc(nr * PINGS_PER_ROUND, sizeof(double));
+    double *rraw = rate, *rhandle = rate + nr, warm = p->seconds / 4 < 0.2 ? p->seconds / 4 : 0.2;
+    unsigned long long reqs = 0, handled = 0, d0 = 0, d1 = 0;
+    unsigned long n, failed;
+    char err[256] = "";
+    size_t r;
+    int k, m, ok = rate && ratio && added && ping;
+
+    /* Warm-up, not measured: p11pskd's key cache, the provider's connection, CPU clocks. */
+    for (m = 0; ok && m < M_N; m++)
+        slice(hs[m], threads, warm, &n, &failed, err, sizeof(err));
+    for (r = 0; ok && r < nr; r++) {
+        for (k = 0; ok && k < M_N; k++) {
+            double secs;
+
+            m = (int)((r + (size_t)k) % M_N); /* even rounds raw first, odd rounds handle */
+            if (m == M_HANDLE && !bench_derivations(p->socket, &d0, err, sizeof(err))) {
+                ok = 0;
+                break;
+            }
+            secs = slice(hs[m], threads, p->seconds, &n, &failed, err, sizeof(err));
+            if (failed > 0 || n == 0) {
+                if (n == 0 && failed == 0)
+                    snprintf(err, sizeof(err), "no handshake finished in %.2f s", secs);
+                fprintf(stderr,
+                        "p11psk-bench: %s, %d thread(s), %s: %lu of %lu handshakes failed: %s\n",
+                        suite, threads, m == M_RAW ? "raw" : "handle", failed, n + failed, err);
+                err[0] = '\0'; /* said */
+                ok = 0;
+                break;
+            }
+            if (m == M_HANDLE) {
+                if (!bench_derivations(p->socket, &d1, err, sizeof(err))) {
+                    ok = 0;
+                    break;
+                }
+                reqs += d1 - d0;
+                handled += n;
+            }
+            rate[(size_t)m * nr + r] = (double)n / secs;
+        }
+        if (!ok)
+            break;
+        ratio[r] = rhandle[r] / rraw[r];
+        added[r] = (1 / rhandle[r] - 1 / rraw[r]) * threads / HANDLE_SIDES * 1e6;
+        /* Every round, so the floor sees the same machine as that round's handshakes. */
+        if (!bench_ping_us(p->socket, PINGS_PER_ROUND, ping + nping, err, sizeof(err)))
+            ok = 0;
+        nping += PINGS_PER_ROUND;
+    }
+    if (!ok && err[0] != '\0')
+        fprintf(stderr, "p11psk-bench: %s, %d thread(s): %s\n", suite, threads, err);
+    if (ok) {
+        out->threads = threads;
+        out->raw = bench_median(rraw, nr);
+        out->handle = bench_median(rhandle, nr);
+        out->rmin = bench_min(ratio, nr);
+        out->rmed = bench_median(ratio, nr);
+        out->rmax = bench_max(ratio, nr);
+        out->rt_per_side = (double)reqs / ((double)handled * HANDLE_SIDES);
+        out->added_us = bench_median(added, nr);
+        out->rtt_us = bench_median(ping, nping);
+    }
+    free(rate);
+    free(ratio);
+    free(added);
+    free(ping);
+    return ok;
+}
+
+static double target_us(const row *w)
+{
+    return TARGET_FACTOR * w->rt_per_side * w->rtt_us;
+}
+
+static void print_head(const bench_hs_params *p)
+{
+    printf("handshakes: client and server in one process (BIO pair); raw = raw keys on both\n"
+           "sides, provider not loaded; handle = handle on the client, raw key on the server.\n"
+           "%d rounds x %.1f s per mode, order alternating by round; rates are medians.\n",
+           p->rounds, p->seconds);
+    if (p->rounds < 7)
+        printf("NOTE: fewer than 7 rounds: a smoke run, not figures to decide on.\n");
+    printf("  ratio     handle/raw per round: min, median, max\n"
+           "  rt/side   p11pskd requests per handshake and handle side (its STATUS counters)\n"
+           "  added us  (1/handle - 1/raw) x threads / handle sides, median over rounds\n"
+           "  rtt us    one PING round trip, single thread, median over the run\n"
+           "  target    added us <= %.1f x rt/side x rtt us\n\n",
+           TARGET_FACTOR);
+    printf("%-17s %7s %9s %11s %9s %9s %9s %7s %9s %7s %9s %6s\n", "suite", "threads", "raw hs/s",
+           "handle hs/s", "ratio min", "ratio med", "ratio max", "rt/side", "added us", "rtt us",
+           "target us", "check");
+}
+
+static void print_row(const char *suite, const row *w)
+{
+    printf("%-17s %7d %9.0f %11.0f %9.3f %9.3f %9.3f %7.2f %9.1f %7.1f %9.1f %6s\n", suite,
+           w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side, w->added_us,
+           w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "MISS");
+    fflush(stdout);
+}
+
+static void print_bench_line(const bench_hs_params *p, const char *key, const row *w)
+{
+    printf("BENCH suite=%s threads=%d raw=%.0f handle=%.0f ratio_min=%.3f ratio_med=%.3f "
+           "ratio_max=%.3f rt_per_side=%.2f added_us=%.1f rtt_us=%.1f target_us=%.1f "
+           "target=%s rounds=%d seconds=%.2f\n",
+           key, w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side,
+           w->added_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "miss",
+           p->rounds, p->seconds);
+}
+
+int bench_handshakes(const bench_hs_params *p)
 {
     uint8_t raw[32], handle[P11PSK_HANDLE_LEN];
     OSSL_LIB_CTX *plain = OSSL_LIB_CTX_new();
     OSSL_PROVIDER *dflt = plain ? OSSL_PROVIDER_load(plain, "default") : NULL;
+    row rows[NSUITES][THREADS_MAX];
+    int done[NSUITES][THREADS_MAX];
     char err[256];
     size_t s;
-    int threads, m, round, rc = 1;
+    int threads, m, rc = 1;
 
-    if (dflt == NULL || !bench_key_known(conf, "bench-hs", raw, sizeof(raw), handle)) {
+    memset(done, 0, sizeof(done));
+    if (dflt == NULL || !bench_key_known(p->conf, "bench-hs", raw, sizeof(raw), handle)) {
         fprintf(stderr, "p11psk-bench: handshake setup failed\n");
         rc = 0;
         goto out;
     }
-    if (!json) {
-        printf("handshakes: one process, both roles, BIO pair; %.1f s per cell in %d "
-               "interleaved slices\n",
-               seconds, rounds);
-        for (m = 0; m < M_N; m++)
-            printf("  %-14s %s\n", mode_name[m], mode_help[m]);
-        printf("\n%-36s %7s %-14s %12s %8s\n", "suite", "threads", "mode", "handshakes/s",
-               "vs raw");
-    }
-    for (s = 0; s < sizeof(suites) / sizeof(suites[0]); s++) {
-        for (threads = 1; threads <= 2; threads++) {
-            p11psk_hs *hs[M_N] = {NULL};
-            unsigned long ok[M_N] = {0}, failed[M_N] = {0};
-            double secs[M_N] = {0}, rate[M_N];
-            char ferr[M_N][200];
+    print_head(p);
+    for (s = 0; s < NSUITES; s++) {
+        p11psk_hs *hs[M_N] = {NULL};
 
-            memset(ferr, 0, sizeof(ferr));
-            for (m = 0; m < M_N; m++) {
-                p11psk_hs_config hc;
+        for (m = 0; m < M_N; m++) {
+            p11psk_hs_config hc;
 
-                memset(&hc, 0, sizeof(hc));
-                hc.tls13 = suites[s].tls13;
-                hc.cipher = suites[s].cipher;
-                hc.libctx = m == M_RAW ? plain : NULL;
-                snprintf(hc.identity, sizeof(hc.identity), "bench-hs");
-                memcpy(hc.client_psk, m >= M_HANDLE ? handle : raw, 32);
-                hc.client_psk_len = 32;
-                memcpy(hc.server_psk, m == M_BOTH ? handle : raw, 32);
-                hc.server_psk_len = 32;
-                if ((hs[m] = p11psk_hs_new(&hc, err, sizeof(err))) == NULL) {
-                    fprintf(stderr, "p11psk-bench: %s %s: %s\n", suites[s].name, mode_name[m],
-                            err);
-                    rc = 0;
-                }
+            memset(&hc, 0, sizeof(hc));
+            hc.tls13 = suites[s].tls13;
+            hc.cipher = suites[s].cipher;
+            hc.libctx = m == M_RAW ? plain : NULL;
+            snprintf(hc.identity, sizeof(hc.identity), "bench-hs");
+            memcpy(hc.client_psk, m == M_HANDLE ? handle : raw, 32);
+            hc.client_psk_len = 32;
+            memcpy(hc.server_psk, raw, 32);
+            hc.server_psk_len = 32;
+            hs[m] = p11psk_hs_new(&hc, err, sizeof(err));
+            OPENSSL_cleanse(&hc, sizeof(hc));
+            if (hs[m] == NULL) {
+                fprintf(stderr, "p11psk-bench: %s %s: %s\n", suites[s].name,
+                        m == M_RAW ? "raw" : "handle", err);
+                rc = 0;
             }
-            /* Interleave: every mode gets a slice in every round. */
-            for (round = 0; rc && round < rounds; round++)
-                for (m = 0; m < M_N; m++)
-                    secs[m] += slice(hs[m], threads, seconds / rounds, &ok[m], &failed[m],
-                                     ferr[m], sizeof(ferr[m]));
-            for (m = 0; rc && m < M_N; m++) {
-                rate[m] = (double)ok[m] / secs[m];
-                if (json)
-                    printf("{\"part\":\"handshakes\",\"suite\":\"%s\",\"threads\":%d,"
-                           "\"mode\":\"%s\",\"handshakes_per_s\":%.0f,\"ratio_to_raw\":%.3f,"
-                           "\"handshakes\":%lu,\"failed\":%lu}\n",
-                           suites[s].name, threads, mode_name[m], rate[m], rate[m] / rate[M_RAW],
-                           ok[m], failed[m]);
-                else
-                    printf("%-36s %7d %-14s %12.0f %7.2fx%s%s\n", suites[s].name, threads,
-                           mode_name[m], rate[m], rate[m] / rate[M_RAW],
-                           failed[m] ? "  FAILED: " : "", failed[m] ? ferr[m] : "");
-                if (failed[m])
-                    rc = 0;
-            }
-            fflush(stdout);
-            for (m = 0; m < M_N; m++)
-                p11psk_hs_free(hs[m]);
         }
+        for (threads = 1; rc && threads <= THREADS_MAX; threads++) {
+            if (!measure(p, suites[s].name, hs, threads, &rows[s][threads - 1])) {
+                rc = 0;
+                break;
+            }
+            done[s][threads - 1] = 1;
+            print_row(suites[s].name, &rows[s][threads - 1]);
+        }
+        for (m = 0; m < M_N; m++)
+            p11psk_hs_free(hs[m]);
     }
+    printf("\n");
+    for (s = 0; s < NSUITES; s++)
+        for (threads = 1; threads <= THREADS_MAX; threads++)
+            if (done[s][threads - 1])
+                print_bench_line(p, suites[s].key, &rows[s][threads - 1]);
+    fflush(stdout);
 out:
     OPENSSL_cleanse(raw, sizeof(raw));
     OSSL_PROVIDER_unload(dflt);

@@ -19,16 +19,14 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "p11psk/clock.h"
 #include "p11psk/handle.h"
 #include "p11psk/wire.h"
 #include "token.h"
 
 double bench_now(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)p11psk_mono_us() / 1e6;
 }
 
 /* ---- keys ---- */
@@ -67,7 +65,7 @@ static int key_handle(const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
     return p11psk_handle_encode(&h, out, P11PSK_HANDLE_LEN);
 }
 
-int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *out)
+int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, bench_keys *out)
 {
     p11psk_config cfg;
     p11psk_token *tok = NULL;
@@ -88,6 +86,23 @@ int bench_keys_make(const char *conf, size_t n, const char *prefix, bench_keys *
     out->handles = calloc(n, sizeof(*out->handles));
     if (out->handles == NULL)
         goto out;
+    if (!create) {
+        size_t found = 0, j;
+
+        for (j = 0; j < nhave; j++) { /* PREFIX and 6 digits below n */
+            const char *d = have[j].label + strlen(prefix);
+
+            found += strncmp(have[j].label, prefix, strlen(prefix)) == 0 && strlen(d) == 6 &&
+                     strspn(d, "0123456789") == 6 && strtoul(d, NULL, 10) < n;
+        }
+        if (found < n) {
+            free(out->handles);
+            out->handles = NULL;
+            out->n = found;
+            ok = -1;
+            goto out;
+        }
+    }
     for (i = 0; i < n; i++) {
         p11psk_key k;
         size_t j;
