@@ -133,8 +133,11 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
     memset(k, 0, sizeof(*k));
     k->obj = obj;
     k->type = (CK_KEY_TYPE)-1;
-    if (!attr_rv_ok(P11CALL(c, err, tok->fl, C_GetAttributeValue, sess, obj, len_t, 2)))
+    /* err only for real failures: a tolerated code must not leave a message behind */
+    if (!attr_rv_ok(P11CALL(c, NULL, tok->fl, C_GetAttributeValue, sess, obj, len_t, 2))) {
+        p11psk_err_ckr(err, c->rv, c->fn);
         return c->rv;
+    }
     if (len_t[0].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
         k->idlen = len_t[0].ulValueLen;
         if (k->idlen <= P11PSK_KEY_ID_MAX)
@@ -149,8 +152,9 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
         t[n].pValue = label;
         t[n++].ulValueLen = len_t[1].ulValueLen;
     }
-    if (!attr_rv_ok(P11CALL(c, err, tok->fl, C_GetAttributeValue, sess, obj, t, n))) {
+    if (!attr_rv_ok(P11CALL(c, NULL, tok->fl, C_GetAttributeValue, sess, obj, t, n))) {
         free(label);
+        p11psk_err_ckr(err, c->rv, c->fn);
         return c->rv;
     }
     c->rv = CKR_OK; /* a missing attribute is no failure of the session */

@@ -176,12 +176,12 @@ static int token_login(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN
     size_t pinlen = 0;
 
     if (tok->pin != NULL) {
-        P11CALL(c, err, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)tok->pin,
+        P11CALL(c, NULL, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)tok->pin,
                 strlen(tok->pin));
     } else if (tok->pin_source != NULL) {
         if (!p11psk_pin_read(tok->pin_source, &pin, &pinlen, msg, sizeof(msg)))
             return p11psk_err_set(err, P11PSK_ST_UNAVAILABLE, "%s", msg);
-        P11CALL(c, err, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)pin, pinlen);
+        P11CALL(c, NULL, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)pin, pinlen);
         p11psk_pin_free(pin, pinlen);
     } else if (ti == NULL || (ti->flags & CKF_LOGIN_REQUIRED)) {
         return p11psk_err_set(err, P11PSK_ST_UNAVAILABLE,
@@ -194,6 +194,7 @@ static int token_login(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN
     if (c->rv == CKR_OK) {
         tok->logged_in = 1;
     } else if (c->rv != CKR_USER_ALREADY_LOGGED_IN) {
+        p11psk_err_ckr(err, c->rv, c->fn);
         if (c->rv == CKR_PIN_INCORRECT || c->rv == CKR_PIN_LEN_RANGE)
             snprintf(err->msg + strlen(err->msg), sizeof(err->msg) - strlen(err->msg),
                      "; check the PIN in the pin-source file for token '%s'", tok->label);
