@@ -4,18 +4,21 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "htable.h"
+#include "p11psk/clock.h"
 #include "p11psk/handle.h"
 
-#define BUCKETS 16384 /* power of two */
+#define BUCKETS 16384
 #define VAL_MAX 48
 
+/* Table key: kind, md, then the key's CKA_ID, so one table holds both kinds. */
+enum { K_KIND, K_MD, K_ID };
+
 struct ent {
-    struct ent *next;
-    uint8_t id[P11PSK_ID_MAX];
-    uint8_t idlen;
-    uint8_t kind, md, len;
+    p11psk_hnode node;
+    uint8_t k[K_ID + P11PSK_ID_MAX];
+    uint8_t len;
     CK_OBJECT_HANDLE obj;
     long long expires_ms;
     uint8_t val[VAL_MAX];
@@ -23,31 +26,11 @@ struct ent {
 
 struct p11psk_cache {
     pthread_mutex_t lock;
-    size_t max, n;
+    size_t max;
     unsigned ttl_s;
     unsigned long hits, misses;
-    struct ent *b[BUCKETS];
+    p11psk_htable t;
 };
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static unsigned hash(const uint8_t *id, size_t idlen, int kind, int md)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    size_t i;
-
-    for (i = 0; i < idlen; i++)
-        h = (h ^ id[i]) * 16777619u;
-    h = (h ^ (uint32_t)kind) * 16777619u;
-    h = (h ^ (uint32_t)md) * 16777619u;
-    return h & (BUCKETS - 1);
-}
 
 p11psk_cache *p11psk_cache_new(size_t max_entries, unsigned ttl_s)
 {
@@ -55,6 +38,10 @@ p11psk_cache *p11psk_cache_new(size_t max_entries, unsigned ttl_s)
 
     if (c == NULL)
         return NULL;
+    if (p11psk_htable_init(&c->t, BUCKETS) != 0) {
+        free(c);
+        return NULL;
+    }
     pthread_mutex_init(&c->lock, NULL);
     c->max = ttl_s > 0 ? max_entries : 0;
     c->ttl_s = ttl_s;
@@ -71,36 +58,41 @@ void p11psk_cache_free(p11psk_cache *c)
     if (c == NULL)
         return;
     p11psk_cache_flush(c, NULL, 0);
+    p11psk_htable_fini(&c->t);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
-static struct ent **find(p11psk_cache *c, const uint8_t *id, size_t idlen, int kind, int md)
+/* Builds the table key in k; returns its length. */
+static size_t key_make(uint8_t *k, const uint8_t *id, size_t idlen, int kind, int md)
 {
-    struct ent **pp = &c->b[hash(id, idlen, kind, md)];
+    k[K_KIND] = (uint8_t)kind;
+    k[K_MD] = (uint8_t)md;
+    memcpy(k + K_ID, id, idlen);
+    return K_ID + idlen;
+}
 
-    for (; *pp != NULL; pp = &(*pp)->next)
-        if ((*pp)->kind == kind && (*pp)->md == md && (*pp)->idlen == idlen &&
-            memcmp((*pp)->id, id, idlen) == 0)
-            break;
-    return pp;
+static struct ent *find(p11psk_cache *c, const uint8_t *id, size_t idlen, int kind, int md)
+{
+    uint8_t k[K_ID + P11PSK_ID_MAX];
+    p11psk_hnode *n = p11psk_htable_find(&c->t, k, key_make(k, id, idlen, kind, md));
+
+    return n != NULL ? (struct ent *)n : NULL; /* node is the first member */
 }
 
 int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT_HANDLE obj,
                      int kind, int md, uint8_t *out, size_t len)
 {
-    struct ent **pp, *e;
+    struct ent *e;
     int hit = 0;
 
     if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX)
         return 0;
     pthread_mutex_lock(&c->lock);
-    pp = find(c, id, idlen, kind, md);
-    if ((e = *pp) != NULL) {
-        if (e->obj != obj || e->len != len || e->expires_ms <= mono_ms()) {
-            *pp = e->next; /* another object (rotated) or expired */
+    if ((e = find(c, id, idlen, kind, md)) != NULL) {
+        if (e->obj != obj || e->len != len || e->expires_ms <= p11psk_mono_ms()) {
+            p11psk_htable_remove(&c->t, &e->node); /* another object (rotated) or expired */
             ent_free(e);
-            c->n--;
         } else {
             memcpy(out, e->val, len);
             hit = 1;
@@ -117,52 +109,53 @@ int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT
 void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT_HANDLE obj,
                       int kind, int md, const uint8_t *val, size_t len)
 {
-    struct ent **pp, *e;
+    struct ent *e;
 
     if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX || len > VAL_MAX)
         return;
     pthread_mutex_lock(&c->lock);
-    pp = find(c, id, idlen, kind, md);
-    if ((e = *pp) == NULL) {
+    if ((e = find(c, id, idlen, kind, md)) == NULL) {
         /* Full: keep what is there; new keys are derived in the token, only slower. */
-        if (c->n >= c->max || (e = OPENSSL_secure_zalloc(sizeof(*e))) == NULL) {
+        if (c->t.n >= c->max || (e = OPENSSL_secure_zalloc(sizeof(*e))) == NULL) {
             pthread_mutex_unlock(&c->lock);
             return;
         }
-        memcpy(e->id, id, idlen);
-        e->idlen = (uint8_t)idlen;
-        e->kind = (uint8_t)kind;
-        e->md = (uint8_t)md;
-        *pp = e;
-        c->n++;
+        e->node.key = e->k;
+        e->node.keylen = key_make(e->k, id, idlen, kind, md);
+        p11psk_htable_insert(&c->t, &e->node);
     }
     e->obj = obj;
     e->len = (uint8_t)len;
     memcpy(e->val, val, len);
-    e->expires_ms = mono_ms() + (long long)c->ttl_s * 1000;
+    e->expires_ms = p11psk_mono_ms() + (long long)c->ttl_s * 1000;
     pthread_mutex_unlock(&c->lock);
+}
+
+struct flush_arg {
+    const uint8_t *id; /* NULL: everything */
+    size_t idlen;
+};
+
+static int flush_match(p11psk_hnode *n, void *varg)
+{
+    const struct flush_arg *a = varg;
+    struct ent *e = (struct ent *)n;
+
+    if (a->id != NULL && (n->keylen != K_ID + a->idlen || memcmp(e->k + K_ID, a->id, a->idlen)))
+        return 0;
+    ent_free(e);
+    return 1;
 }
 
 size_t p11psk_cache_flush(p11psk_cache *c, const uint8_t *id, size_t idlen)
 {
-    struct ent **pp, *e;
-    size_t i, n = 0;
+    struct flush_arg a = {id, idlen};
+    size_t n;
 
     if (c == NULL)
         return 0;
     pthread_mutex_lock(&c->lock);
-    for (i = 0; i < BUCKETS; i++) {
-        for (pp = &c->b[i]; (e = *pp) != NULL;) {
-            if (id == NULL || (e->idlen == idlen && memcmp(e->id, id, idlen) == 0)) {
-                *pp = e->next;
-                ent_free(e);
-                c->n--;
-                n++;
-            } else {
-                pp = &e->next;
-            }
-        }
-    }
+    n = p11psk_htable_unlink_if(&c->t, flush_match, &a);
     pthread_mutex_unlock(&c->lock);
     return n;
 }
@@ -175,7 +168,7 @@ void p11psk_cache_get_stats(p11psk_cache *c, p11psk_cache_stats *st)
     pthread_mutex_lock(&c->lock);
     st->hits = c->hits;
     st->misses = c->misses;
-    st->entries = c->n;
+    st->entries = c->t.n;
     st->max_entries = c->max;
     st->ttl_s = c->ttl_s;
     pthread_mutex_unlock(&c->lock);

@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "log.h"
+#include "p11call.h"
 #include "p11psk/wire.h"
 #include "token.h"
 
@@ -127,6 +129,24 @@ int p11psk_ckr_stale_handle(CK_RV rv)
     return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;
 }
 
+int p11psk_ckr_device_gone(CK_RV rv)
+{
+    return rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_DEVICE_ERROR ||
+           rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_SLOT_ID_INVALID ||
+           rv == CKR_TOKEN_NOT_RECOGNIZED || rv == CKR_GENERAL_ERROR;
+}
+
+int p11psk_ckr_session_lost(CK_RV rv)
+{
+    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+int p11psk_ckr_retryable(CK_RV rv)
+{
+    return p11psk_ckr_device_gone(rv) || p11psk_ckr_session_lost(rv) ||
+           rv == CKR_USER_NOT_LOGGED_IN;
+}
+
 int p11psk_err_set(p11psk_err *err, int status, const char *fmt, ...)
 {
     va_list ap;
@@ -144,4 +164,23 @@ int p11psk_err_ckr(p11psk_err *err, CK_RV rv, const char *fn)
     p11psk_err_set(err, P11PSK_ST_TOKEN, "%s in %s", p11psk_ckr_name(rv), fn);
     err->ckr = rv;
     return P11PSK_ST_TOKEN;
+}
+
+CK_RV p11psk_call_end(p11psk_call *c, const char *fn, CK_RV rv, p11psk_err *err)
+{
+    c->rv = rv;
+    c->fn = fn;
+    if (rv == CKR_OK)
+        return rv;
+    if (err != NULL)
+        p11psk_err_ckr(err, rv, fn);
+    if (p11psk_log_enabled(P11PSK_LOG_DEBUG))
+        p11psk_log(P11PSK_LOG_DEBUG, "pkcs11: %s returned %s", fn, p11psk_ckr_name(rv));
+    return rv;
+}
+
+void p11psk_call_quiet(const char *fn, CK_RV rv)
+{
+    if (rv != CKR_OK && p11psk_log_enabled(P11PSK_LOG_DEBUG))
+        p11psk_log(P11PSK_LOG_DEBUG, "pkcs11: %s returned %s (ignored)", fn, p11psk_ckr_name(rv));
 }

@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "p11psk/client.h"
+#include "parse.h"
 
 #define PIN_MAX 256
 
@@ -76,12 +77,9 @@ static int set_token(p11psk_config *cfg, const char *v, char *err, size_t errlen
 
 static int set_mode(p11psk_config *cfg, const char *v, char *err, size_t errlen)
 {
-    char *end;
     unsigned long m;
 
-    errno = 0;
-    m = strtoul(v, &end, 8);
-    if (errno != 0 || *end != '\0' || *v == '\0' || m > 0777) {
+    if (p11psk_parse_uint(v, 8, 0777, &m) != 0) {
         snprintf(err, errlen, "socket-mode must be octal permission bits, e.g. 0660");
         return 0;
     }
@@ -92,23 +90,20 @@ static int set_mode(p11psk_config *cfg, const char *v, char *err, size_t errlen)
 static int set_group(p11psk_config *cfg, const char *v, char *err, size_t errlen)
 {
     struct group *gr;
-    char *end;
     unsigned long g;
+    int rc =
+        isdigit((unsigned char)*v) ? p11psk_parse_uint(v, 10, (gid_t)-1 - 1, &g) : P11PSK_PARSE_BAD;
 
-    if (isdigit((unsigned char)*v)) {
-        errno = 0;
-        g = strtoul(v, &end, 10);
-        /* gid_t is 32 bits: a larger number would wrap (4294967296 is root's group), and
-         * (gid_t)-1 means "leave unchanged" to chown. */
-        if (errno == 0 && *end == '\0' && g >= (unsigned long)(gid_t)-1) {
-            snprintf(err, errlen, "socket-group %s is not a valid gid", v);
-            return 0;
-        }
-        if (errno == 0 && *end == '\0') {
-            cfg->socket_gid = (gid_t)g;
-            cfg->has_socket_group = 1;
-            return 1;
-        }
+    /* gid_t is 32 bits: a larger number would wrap (4294967296 is root's group), and
+     * (gid_t)-1 means "leave unchanged" to chown. Anything else not a number is a name. */
+    if (rc == P11PSK_PARSE_RANGE) {
+        snprintf(err, errlen, "socket-group %s is not a valid gid", v);
+        return 0;
+    }
+    if (rc == 0) {
+        cfg->socket_gid = (gid_t)g;
+        cfg->has_socket_group = 1;
+        return 1;
     }
     if ((gr = getgrnam(v)) == NULL) {
         snprintf(err, errlen, "unknown group '%s'; create it or give a numeric gid", v);
@@ -123,11 +118,8 @@ static int set_uint(unsigned *slot, const char *key, const char *v, unsigned lo,
                     char *err, size_t errlen)
 {
     unsigned long n;
-    char *end;
 
-    errno = 0;
-    n = strtoul(v, &end, 10);
-    if (errno != 0 || *end != '\0' || !isdigit((unsigned char)*v) || n < lo || n > hi) {
+    if (p11psk_parse_uint(v, 10, hi, &n) != 0 || n < lo) {
         snprintf(err, errlen, "%s must be a number from %u to %u", key, lo, hi);
         return 0;
     }
@@ -165,8 +157,9 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
     }
     if (strcmp(key, "p11-kit-server-address") == 0) {
         if (strncmp(v, "unix:path=", 10) != 0 && strncmp(v, "vsock:", 6) != 0) {
-            snprintf(err, errlen, "p11-kit-server-address must look like "
-                                  "unix:path=/run/p11-kit/pkcs11 (as `p11-kit server` prints)");
+            snprintf(err, errlen,
+                     "p11-kit-server-address must look like "
+                     "unix:path=/run/p11-kit/pkcs11 (as `p11-kit server` prints)");
             return 0;
         }
         return set_str(&cfg->p11kit_server, v, err, errlen);
@@ -213,9 +206,11 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return 1;
     }
     snprintf(err, errlen,
-             "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, socket, socket-mode, "
+             "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, "
+             "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, allow, allow-status, allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
+             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, allow, allow-status, "
+             "allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }

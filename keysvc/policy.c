@@ -1,12 +1,12 @@
 #include "policy.h"
 
 #include <ctype.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "p11psk/handle.h"
+#include "parse.h"
 
 #define ALL_DIGESTS ((1u << P11PSK_MD_SHA256) | (1u << P11PSK_MD_SHA384))
 
@@ -54,8 +54,7 @@ static int set_digests(p11psk_policy *p, const char *v, char *err, size_t errlen
             word[i] = (char)toupper((unsigned char)v[i]);
         word[n] = '\0';
         if ((md = p11psk_md_from_name(word)) == P11PSK_MD_NONE) {
-            snprintf(err, errlen, "digests: '%s' is not supported; use SHA256 and/or SHA384",
-                     word);
+            snprintf(err, errlen, "digests: '%s' is not supported; use SHA256 and/or SHA384", word);
             return 0;
         }
         mask |= 1u << md;
@@ -72,11 +71,8 @@ static int set_digests(p11psk_policy *p, const char *v, char *err, size_t errlen
 static int set_rate(p11psk_policy *p, const char *v, char *err, size_t errlen)
 {
     unsigned long n;
-    char *end;
 
-    errno = 0;
-    n = strtoul(v, &end, 10);
-    if (errno != 0 || *end != '\0' || !isdigit((unsigned char)*v) || n > 10000000UL) {
+    if (p11psk_parse_uint(v, 10, 10000000UL, &n) != 0) {
         snprintf(err, errlen, "rate-limit must be requests per second (0 = unlimited)");
         return 0;
     }

@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * What the token_*.c files share: the token struct, the session pool they borrow from and
+ * the object table. Private to the token layer; everyone else uses token.h.
+ */
+#ifndef P11PSK_KEYSVC_TOKEN_INT_H
+#define P11PSK_KEYSVC_TOKEN_INT_H
+
+#include <pthread.h>
+
+#include "htable.h"
+#include "p11call.h"
+#include "token.h"
+
+#define TOKEN_SESS_MAX 64
+
+/*
+ * Threads share one token. Every operation holds the module lock shared and borrows a
+ * session from the pool, so no session is ever used by two threads at once; after a
+ * device fault the module is reinitialised with the lock held exclusively.
+ */
+struct p11psk_token {
+    CK_FUNCTION_LIST *fl;
+    CK_FUNCTION_LIST **registry; /* set when the module came from the p11-kit registry */
+    int initialized;
+    CK_SLOT_ID slot;
+    int logged_in;
+    char label[33];
+    char model[17];
+    char module[256];
+    /* what open was asked for, to reopen after a fault */
+    char *uri;
+    char *pin_source;
+    char *pin; /* tests only, secure heap */
+    int rw;
+
+    pthread_rwlock_t modlock;
+    pthread_mutex_t lock; /* pool and fault state */
+    pthread_cond_t cv;
+    CK_SESSION_HANDLE idle[TOKEN_SESS_MAX];
+    size_t nidle, nsess, max_sess;
+    CK_SESSION_HANDLE first; /* for p11psk_token_session() */
+    int down;                /* the module must be reinitialised before use */
+    char down_why[160];
+    long long retry_at_ms;
+    long backoff_ms;
+    unsigned long recoveries;
+
+    pthread_rwlock_t cachelock;
+    p11psk_htable ids;    /* CKA_ID -> key, see token_objects.c */
+    long long scanned_ms; /* last full scan (under lock) */
+    unsigned long scans;
+};
+
+/* ---- session pool (token_slot.c) ---- */
+
+/* An operation on a borrowed session. It makes its PKCS#11 calls with P11CALL(call, ...),
+ * so call holds the last one when it returns; that decides the session's fate. */
+typedef int (*p11psk_sess_op)(p11psk_token *tok, CK_SESSION_HANDLE sess, void *arg,
+                              p11psk_call *call, p11psk_err *err);
+
+/* Borrows a session (modlock stays held shared until token_sess_put). */
+int token_sess_get(p11psk_token *tok, CK_SESSION_HANDLE *sess, p11psk_err *err);
+/* Gives it back; call, the last PKCS#11 result, says whether it (or the module) is good. */
+void token_sess_put(p11psk_token *tok, CK_SESSION_HANDLE sess, const p11psk_call *call);
+/* Runs op on a borrowed session. A lost session, a forgotten login or a device fault is
+ * retried once, on a fresh session after recovery. */
+int token_with_session(p11psk_token *tok, p11psk_sess_op op, void *arg, p11psk_err *err);
+/* Logs in again after the token forgot our login; why goes to the log. */
+void token_relogin(p11psk_token *tok, const p11psk_err *why);
+/* True when we hold a PIN but the token says our sessions are public (logged out). */
+int token_login_lost(p11psk_token *tok);
+
+/* ---- object table (token_objects.c) ---- */
+
+int token_ids_init(p11psk_token *tok);
+/* Drops every entry (handles may change when the module is reinitialised). */
+void token_ids_clear(p11psk_token *tok);
+void token_ids_fini(p11psk_token *tok);
+
+int token_key_type_ok(CK_KEY_TYPE t);
+/* Reads the attributes p11psk needs into k. Over-long ids keep their length but no bytes.
+ * Returns the CKR (through call); err is filled on failure. */
+CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE obj, p11psk_key *k,
+                     p11psk_call *call, p11psk_err *err);
+
+#endif
