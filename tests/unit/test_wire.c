@@ -31,16 +31,16 @@ START_TEST(roundtrip)
     ck_assert_uint_eq(body, n - P11PSK_WIRE_HDR);
     ck_assert_int_eq(p11psk_msg_parse(fr.buf + P11PSK_WIRE_HDR, body, &m), P11PSK_WIRE_OK);
     ck_assert_int_eq(m.code, P11PSK_OP_TLS12_PRF);
-    ck_assert(p11psk_msg_u8(&m, P11PSK_T_DIGEST, &d));
+    ck_assert_int_eq(p11psk_msg_u8(&m, P11PSK_T_DIGEST, &d), P11PSK_WIRE_OK);
     ck_assert_int_eq(d, 1);
-    ck_assert(p11psk_msg_u16(&m, P11PSK_T_OUTLEN, &outlen));
+    ck_assert_int_eq(p11psk_msg_u16(&m, P11PSK_T_OUTLEN, &outlen), P11PSK_WIRE_OK);
     ck_assert_int_eq(outlen, 48);
     ck_assert_int_eq(m.f[P11PSK_T_HANDLE].len, 32);
     ck_assert(m.f[P11PSK_T_OTHER].present);
     ck_assert_int_eq(m.f[P11PSK_T_OTHER].len, 0);
     ck_assert(!m.f[P11PSK_T_DATA].present);
     /* Wrong-size typed reads fail. */
-    ck_assert(!p11psk_msg_u16(&m, P11PSK_T_DIGEST, &outlen));
+    ck_assert_int_eq(p11psk_msg_u16(&m, P11PSK_T_DIGEST, &outlen), P11PSK_WIRE_NO_FIELD);
     p11psk_frame_cleanse(&fr);
 }
 END_TEST
