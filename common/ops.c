@@ -6,60 +6,46 @@
 /* Field rules. ANY: the handler (handle decoder, ladder) judges the size, with its own
  * error text. A fixed size (min == max) is reported as "missing or malformed". */
 #define ANY UINT16_MAX
-#define REQ(tag, lo, hi)                                                                           \
-    {                                                                                              \
-        tag, 1, lo, hi, 0, 0                                                                       \
-    }
-#define OPT(tag, lo, hi)                                                                           \
-    {                                                                                              \
-        tag, 0, lo, hi, 0, 0                                                                       \
-    }
-#define REQ_U16(tag, vlo, vhi)                                                                     \
-    {                                                                                              \
-        tag, 1, 2, 2, vlo, vhi                                                                     \
-    }
+/* Rows kept as written: tests/fuzz/make_corpus.py parses them. */
+/* clang-format off */
+#define REQ(tag, lo, hi) {tag, 1, lo, hi, 0, 0}
+#define OPT(tag, lo, hi) {tag, 0, lo, hi, 0, 0}
+#define REQ_U16(tag, vlo, vhi) {tag, 1, 2, 2, vlo, vhi}
 
-/* One row per operation, in the order STATUS lists their counters. tests/fuzz/make_corpus.py
- * parses these rows: keep one row per brace block, field rules as REQ/OPT/REQ_U16. */
+/*
+ * One row per operation, in the order STATUS lists their counters:
+ *   {code, name, permission, refusal text, answer field, {request fields, checked in order}}
+ * ping:          answers INFO "p11pskd VERSION".
+ * tls13-early:   HANDLE is a PSK handle; answers an early-secret handle.
+ * tls13-expand:  HANDLE is an early-secret handle; HKDF-Expand-Label, OUTLEN bytes.
+ * tls13-extract: HANDLE is an early-secret handle; IKM absent means zeros; hash-length OUT.
+ * tls12-prf:     HANDLE is a PSK handle; premaster = u16 len ‖ OTHER ‖ u16 len ‖ PSK (an
+ *                all-zero OTHER means plain PSK and is resized to the key's real length).
+ * status:        answers INFO, "name value" lines (requests{op="..",result=".."} 12).
+ * flush:         HANDLE absent: every key; answers INFO "flushed N".
+ */
 const p11psk_op_info p11psk_ops[] = {
-    {P11PSK_OP_PING, "ping", P11PSK_PERM_NONE, "ping", P11PSK_T_INFO, {{0}}},
-    {P11PSK_OP_TLS13_EARLY,
-     "tls13-early",
-     P11PSK_PERM_KEY,
-     "use the key",
-     P11PSK_T_HANDLE,
+    {P11PSK_OP_PING, "ping", P11PSK_PERM_NONE, "ping", P11PSK_T_INFO,
+     {{0}}},
+    {P11PSK_OP_TLS13_EARLY, "tls13-early", P11PSK_PERM_KEY, "use the key", P11PSK_T_HANDLE,
      {REQ(P11PSK_T_DIGEST, 1, 1), REQ(P11PSK_T_HANDLE, 0, ANY)}},
-    {P11PSK_OP_TLS13_EXPAND,
-     "tls13-expand",
-     P11PSK_PERM_KEY,
-     "use the key",
-     P11PSK_T_OUT,
+    {P11PSK_OP_TLS13_EXPAND, "tls13-expand", P11PSK_PERM_KEY, "use the key", P11PSK_T_OUT,
      {REQ(P11PSK_T_PREFIX, 0, ANY), REQ(P11PSK_T_LABEL, 0, ANY),
       REQ_U16(P11PSK_T_OUTLEN, 1, P11PSK_WIRE_OUT_MAX), REQ(P11PSK_T_DIGEST, 1, 1),
       REQ(P11PSK_T_HANDLE, 0, ANY), OPT(P11PSK_T_DATA, 0, ANY)}},
-    {P11PSK_OP_TLS13_EXTRACT,
-     "tls13-extract",
-     P11PSK_PERM_KEY,
-     "use the key",
-     P11PSK_T_OUT,
+    {P11PSK_OP_TLS13_EXTRACT, "tls13-extract", P11PSK_PERM_KEY, "use the key", P11PSK_T_OUT,
      {REQ(P11PSK_T_PREFIX, 0, ANY), REQ(P11PSK_T_LABEL, 0, ANY), REQ(P11PSK_T_DIGEST, 1, 1),
       REQ(P11PSK_T_HANDLE, 0, ANY), OPT(P11PSK_T_IKM, 0, ANY)}},
-    {P11PSK_OP_TLS12_PRF,
-     "tls12-prf",
-     P11PSK_PERM_KEY,
-     "use the key",
-     P11PSK_T_OUT,
+    {P11PSK_OP_TLS12_PRF, "tls12-prf", P11PSK_PERM_KEY, "use the key", P11PSK_T_OUT,
      {REQ(P11PSK_T_OTHER, 0, ANY), REQ(P11PSK_T_SEED, 0, ANY),
       REQ_U16(P11PSK_T_OUTLEN, 1, P11PSK_WIRE_OUT_MAX), REQ(P11PSK_T_DIGEST, 1, 1),
       REQ(P11PSK_T_HANDLE, 0, ANY)}},
-    {P11PSK_OP_STATUS, "status", P11PSK_PERM_STATUS, "read the status", P11PSK_T_INFO, {{0}}},
-    {P11PSK_OP_FLUSH,
-     "flush",
-     P11PSK_PERM_ADMIN,
-     "flush the cache",
-     P11PSK_T_INFO,
+    {P11PSK_OP_STATUS, "status", P11PSK_PERM_STATUS, "read the status", P11PSK_T_INFO,
+     {{0}}},
+    {P11PSK_OP_FLUSH, "flush", P11PSK_PERM_ADMIN, "flush the cache", P11PSK_T_INFO,
      {OPT(P11PSK_T_HANDLE, 0, ANY)}},
 };
+/* clang-format on */
 
 _Static_assert(sizeof(p11psk_ops) / sizeof(p11psk_ops[0]) == P11PSK_OPS_N,
                "P11PSK_OPS_N must count the rows of p11psk_ops");
