@@ -47,8 +47,10 @@ const p11psk_op_info p11psk_ops[] = {
 };
 /* clang-format on */
 
-_Static_assert(sizeof(p11psk_ops) / sizeof(p11psk_ops[0]) == P11PSK_OPS_N,
-               "P11PSK_OPS_N must count the rows of p11psk_ops");
+const size_t p11psk_ops_n = sizeof(p11psk_ops) / sizeof(p11psk_ops[0]);
+
+_Static_assert(sizeof(p11psk_ops) / sizeof(p11psk_ops[0]) <= P11PSK_OPS_MAX,
+               "raise P11PSK_OPS_MAX: the counters have no slot for every row");
 
 static const char *const tag_names[P11PSK_T_MAX_] = {
     [P11PSK_T_DIGEST] = "DIGEST", [P11PSK_T_HANDLE] = "HANDLE", [P11PSK_T_PREFIX] = "PREFIX",
@@ -62,17 +64,17 @@ size_t p11psk_op_index(int code)
 {
     size_t i;
 
-    for (i = 0; i < P11PSK_OPS_N; i++)
+    for (i = 0; i < p11psk_ops_n; i++)
         if (p11psk_ops[i].code == code)
             return i;
-    return P11PSK_OPS_N;
+    return p11psk_ops_n;
 }
 
 const p11psk_op_info *p11psk_op_find(int code)
 {
     size_t i = p11psk_op_index(code);
 
-    return i < P11PSK_OPS_N ? &p11psk_ops[i] : NULL;
+    return i < p11psk_ops_n ? &p11psk_ops[i] : NULL;
 }
 
 const char *p11psk_op_str(int op)
@@ -84,7 +86,7 @@ const char *p11psk_op_str(int op)
 
 const char *p11psk_op_slot_name(size_t slot)
 {
-    return slot < P11PSK_OPS_N ? p11psk_ops[slot].name : "other";
+    return slot < p11psk_ops_n ? p11psk_ops[slot].name : "other";
 }
 
 const char *p11psk_tag_str(int tag)

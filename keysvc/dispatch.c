@@ -34,7 +34,7 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
     const p11psk_op_info *op;
     char why[sizeof(o->err.msg)];
 
-    if (row == P11PSK_OPS_N)
+    if (row == p11psk_ops_n)
         return outcome_fail(o, P11PSK_ST_BAD_REQUEST, "unknown operation 0x%02x", m->code);
     op = &p11psk_ops[row];
     if (!handlers_peer_has_perm(s, c, op->perm))

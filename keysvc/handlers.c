@@ -300,13 +300,13 @@ static const struct {
     {P11PSK_OP_TLS12_PRF, h_prf},
 };
 
-static op_handler by_row[P11PSK_OPS_N];
+static op_handler by_row[P11PSK_OPS_MAX];
 
 int handlers_bind(char *why, size_t whylen)
 {
     size_t i, j;
 
-    for (i = 0; i < P11PSK_OPS_N; i++) {
+    for (i = 0; i < p11psk_ops_n; i++) {
         by_row[i] = NULL;
         for (j = 0; j < sizeof(handlers) / sizeof(handlers[0]); j++)
             if (handlers[j].code == p11psk_ops[i].code)
@@ -328,5 +328,5 @@ int handlers_bind(char *why, size_t whylen)
 
 op_handler handlers_for(size_t row)
 {
-    return row < P11PSK_OPS_N ? by_row[row] : NULL;
+    return row < p11psk_ops_n ? by_row[row] : NULL;
 }

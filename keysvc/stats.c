@@ -68,7 +68,7 @@ int stats_status(server *s, p11psk_frame *resp, outcome *o)
     ADD("cache_size %lu\n", cs.max_entries);
     ADD("max_connections %u\n", s->cfg->max_connections);
     ADD("max_connections_per_peer %u\n", s->cfg->max_connections_peer);
-    for (i = 0; i < P11PSK_OP_SLOTS; i++)
+    for (i = 0; i <= p11psk_ops_n; i++) /* the rows, then "other" */
         for (j = 0; j < P11PSK_ST_MAX_; j++) {
             if ((n = atomic_load(&s->stats.req[i][j])) == 0)
                 continue;

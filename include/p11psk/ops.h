@@ -42,13 +42,15 @@ typedef struct {
     p11psk_field_rule fields[P11PSK_OP_FIELDS_MAX]; /* checked in this order */
 } p11psk_op_info;
 
-/* Rows of p11psk_ops; a row's index is its slot in the request counters, in the order
- * STATUS lists them. Unknown codes count in one more slot, P11PSK_OPS_N ("other"). */
-#define P11PSK_OPS_N 7
-#define P11PSK_OP_SLOTS (P11PSK_OPS_N + 1)
-extern const p11psk_op_info p11psk_ops[P11PSK_OPS_N];
+/* The table: p11psk_ops_n rows. A row's index is its slot in the request counters, in the
+ * order STATUS lists them; unknown codes count in slot p11psk_ops_n ("other"). Counter
+ * arrays have room for P11PSK_OPS_MAX rows (ops.c checks that the table fits). */
+#define P11PSK_OPS_MAX 32
+#define P11PSK_OP_SLOTS (P11PSK_OPS_MAX + 1)
+extern const p11psk_op_info p11psk_ops[];
+extern const size_t p11psk_ops_n;
 
-/* The row index of code, or P11PSK_OPS_N when no row has it. */
+/* The row index of code, or p11psk_ops_n when no row has it. */
 size_t p11psk_op_index(int code);
 /* The row of code, or NULL. */
 const p11psk_op_info *p11psk_op_find(int code);

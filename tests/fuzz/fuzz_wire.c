@@ -56,7 +56,7 @@ static void validate(const p11psk_msg *m)
     size_t i;
     int rc, tag;
 
-    CHECK((op == NULL) == (p11psk_op_index(m->code) == P11PSK_OPS_N));
+    CHECK((op == NULL) == (p11psk_op_index(m->code) == p11psk_ops_n));
     if (op == NULL)
         return;
     rc = p11psk_op_validate(op, m, why, sizeof(why));

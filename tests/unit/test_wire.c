@@ -156,7 +156,7 @@ START_TEST(op_table_consistent)
 {
     size_t i, j, k;
 
-    for (i = 0; i < P11PSK_OPS_N; i++) {
+    for (i = 0; i < p11psk_ops_n; i++) {
         const p11psk_op_info *op = &p11psk_ops[i];
 
         ck_assert_ptr_nonnull(op->name);
@@ -166,7 +166,7 @@ START_TEST(op_table_consistent)
         ck_assert_str_eq(p11psk_op_str(op->code), op->name);
         ck_assert_str_eq(p11psk_op_slot_name(i), op->name);
         ck_assert(op->answer > 0 && op->answer < P11PSK_T_MAX_);
-        for (j = i + 1; j < P11PSK_OPS_N; j++) {
+        for (j = i + 1; j < p11psk_ops_n; j++) {
             ck_assert_uint_ne(op->code, p11psk_ops[j].code);
             ck_assert_str_ne(op->name, p11psk_ops[j].name);
         }
@@ -178,10 +178,10 @@ START_TEST(op_table_consistent)
                 ck_assert_uint_ne(op->fields[j].tag, op->fields[k].tag);
         }
     }
-    ck_assert_uint_eq(p11psk_op_index(0x7f), P11PSK_OPS_N);
+    ck_assert_uint_eq(p11psk_op_index(0x7f), p11psk_ops_n);
     ck_assert_ptr_null(p11psk_op_find(0x7f));
     ck_assert_str_eq(p11psk_op_str(0x7f), "unknown");
-    ck_assert_str_eq(p11psk_op_slot_name(P11PSK_OPS_N), "other");
+    ck_assert_str_eq(p11psk_op_slot_name(p11psk_ops_n), "other");
     ck_assert_str_eq(p11psk_tag_str(P11PSK_T_PREFIX), "PREFIX");
     ck_assert_str_eq(p11psk_tag_str(0), "unknown");
 }
