@@ -202,14 +202,12 @@ int handlers_peer_has_perm(server *s, const conn *c, int perm)
 
 static int h_ping(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
 {
-    (void)s, (void)c, (void)m, (void)o;
     p11psk_frame_add_str(resp, P11PSK_T_INFO, "p11pskd " P11PSK_VERSION);
     return P11PSK_ST_OK;
 }
 
 static int h_status(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
 {
-    (void)c, (void)m;
     return stats_status(s, resp, o);
 }
 
@@ -221,7 +219,6 @@ static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, 
     size_t n;
     int rc;
 
-    (void)c;
     if (!hf->present) { /* every key */
         n = p11psk_cache_flush(s->cache, NULL, 0);
         snprintf(o->ident, sizeof(o->ident), "*");

@@ -10,6 +10,10 @@
  * include/p11psk/ops.h (rows in common/ops.c).
  * Error responses carry MSG (text for the operator, never key bytes) and CKR when a
  * PKCS#11 call failed.
+ *
+ * Return values (docs/conventions.md): functions here and in common/ return 0 on success
+ * and a negative code on failure; predicates (*_is_*, *_has_*) return 1/0; sizes are 0 when
+ * nothing was produced. Only code called by OpenSSL uses OpenSSL's 1 = success.
  */
 #ifndef P11PSK_WIRE_H
 #define P11PSK_WIRE_H
