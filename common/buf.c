@@ -113,7 +113,7 @@ void p11psk_wbuf_u32(p11psk_wbuf *w, uint32_t v)
     p11psk_wbuf_bytes(w, b, 4);
 }
 
-int p11psk_all_zero(const uint8_t *p, size_t n)
+int p11psk_buf_is_zero(const uint8_t *p, size_t n)
 {
     uint8_t acc = 0;
 

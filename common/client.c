@@ -7,8 +7,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "p11psk/clock.h"
 
 void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms)
 {
@@ -26,22 +27,14 @@ void p11psk_conn_close(p11psk_conn *c)
     c->fd = -1;
 }
 
-static long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static int wait_fd(int fd, short ev, long deadline)
+static int wait_fd(int fd, short ev, long long deadline)
 {
     struct pollfd p = {.fd = fd, .events = ev};
-    long left;
+    long long left;
     int rc;
 
     for (;;) {
-        left = deadline - now_ms();
+        left = deadline - p11psk_mono_ms();
         if (left <= 0)
             return P11PSK_CALL_TIMEOUT;
         rc = poll(&p, 1, (int)left);
@@ -82,7 +75,7 @@ static int conn_open(p11psk_conn *c, int *err)
     return P11PSK_CALL_OK;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n, long deadline, int *err)
+static int write_all(int fd, const uint8_t *p, size_t n, long long deadline, int *err)
 {
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -110,7 +103,7 @@ static int write_all(int fd, const uint8_t *p, size_t n, long deadline, int *err
 }
 
 /* Reads exactly n bytes. *got counts what arrived, so callers can tell a clean EOF. */
-static int read_all(int fd, uint8_t *p, size_t n, long deadline, size_t *got, int *err)
+static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *got, int *err)
 {
     while (*got < n) {
         ssize_t r = recv(fd, p + *got, n - *got, 0);
@@ -143,7 +136,7 @@ static int read_all(int fd, uint8_t *p, size_t n, long deadline, size_t *got, in
 static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                      int *err)
 {
-    long deadline = now_ms() + c->timeout_ms;
+    long long deadline = p11psk_mono_ms() + c->timeout_ms;
     uint8_t hdr[P11PSK_WIRE_HDR];
     size_t got = 0, bodylen = 0;
     int rc;
@@ -170,7 +163,7 @@ static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
  * abandoned request, and EOF or an error means the daemon has gone (restart). Either way
  * the connection is not used for a new request.
  */
-static int conn_idle_ok(const p11psk_conn *c)
+static int conn_is_idle(const p11psk_conn *c)
 {
     struct pollfd p = {.fd = c->fd, .events = POLLIN};
     int rc;
@@ -196,7 +189,7 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
         c->fd = -1;
     }
     c->reopened = 0;
-    if (c->fd >= 0 && !conn_idle_ok(c)) {
+    if (c->fd >= 0 && !conn_is_idle(c)) {
         p11psk_conn_close(c);
         c->reopened = 1;
     }

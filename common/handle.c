@@ -50,31 +50,34 @@ static int handle_decode_hex(const uint8_t *buf, size_t len, p11psk_handle *h)
     return rc;
 }
 
+/* The check value of buf[0..n): 0, or -1 if the digest failed. */
 static int handle_check(const uint8_t *buf, size_t n, uint8_t out[P11PSK_CHECK_LEN])
 {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
 
-    if (!EVP_Digest(buf, n, md, &mdlen, EVP_sha256(), NULL))
-        return 0;
+    if (!EVP_Digest(buf, n, md, &mdlen, EVP_sha256(), NULL)) /* OpenSSL: 1 = success */
+        return -1;
     memcpy(out, md, P11PSK_CHECK_LEN);
-    return 1;
+    return 0;
 }
 
-static int handle_len_ok(size_t len)
+static int handle_len_is_valid(size_t len)
 {
     return len >= HANDLE_FIXED_LEN + P11PSK_CHECK_LEN && len <= P11PSK_HANDLE_MAX;
 }
 
 int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen)
 {
-    if (h == NULL || out == NULL || !handle_len_ok(outlen) || h->idlen == 0 ||
-        h->idlen > P11PSK_ID_MAX)
-        return 0;
-    if (h->type == P11PSK_HT_PSK ? (h->digest != P11PSK_MD_NONE || outlen != P11PSK_HANDLE_LEN)
-                                 : (h->type != P11PSK_HT_TLS13_ES ||
-                                    p11psk_md_size(h->digest) != outlen))
-        return 0;
+    if (h == NULL || out == NULL || h->idlen == 0 || h->idlen > P11PSK_ID_MAX)
+        return P11PSK_HANDLE_BAD_FIELD;
+    if (h->type == P11PSK_HT_PSK
+            ? h->digest != P11PSK_MD_NONE
+            : (h->type != P11PSK_HT_TLS13_ES || p11psk_md_size(h->digest) == 0))
+        return P11PSK_HANDLE_BAD_FIELD;
+    if (!handle_len_is_valid(outlen) ||
+        outlen != (h->type == P11PSK_HT_PSK ? P11PSK_HANDLE_LEN : p11psk_md_size(h->digest)))
+        return P11PSK_HANDLE_BAD_LENGTH;
     memset(out, 0, outlen);
     memcpy(out, handle_magic, P11PSK_MAGIC_LEN);
     out[6] = P11PSK_HANDLE_VERSION;
@@ -82,7 +85,9 @@ int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen)
     out[8] = h->digest;
     out[9] = h->idlen;
     memcpy(out + 10, h->id, h->idlen);
-    return handle_check(out, outlen - P11PSK_CHECK_LEN, out + outlen - P11PSK_CHECK_LEN);
+    if (handle_check(out, outlen - P11PSK_CHECK_LEN, out + outlen - P11PSK_CHECK_LEN) != 0)
+        return P11PSK_HANDLE_INTERNAL;
+    return P11PSK_HANDLE_OK;
 }
 
 int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h)
@@ -99,11 +104,11 @@ static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h
     uint8_t check[P11PSK_CHECK_LEN];
     size_t i;
 
-    if (!handle_len_ok(len))
+    if (!handle_len_is_valid(len))
         return P11PSK_HANDLE_BAD_LENGTH;
     if (buf[6] != P11PSK_HANDLE_VERSION)
         return P11PSK_HANDLE_BAD_VERSION;
-    if (!handle_check(buf, len - P11PSK_CHECK_LEN, check) ||
+    if (handle_check(buf, len - P11PSK_CHECK_LEN, check) != 0 ||
         memcmp(check, buf + len - P11PSK_CHECK_LEN, P11PSK_CHECK_LEN) != 0)
         return P11PSK_HANDLE_BAD_CHECK;
     if (buf[9] == 0 || buf[9] > P11PSK_ID_MAX)
@@ -152,6 +157,8 @@ const char *p11psk_handle_strerror(int rc)
         return "bad handle: check value mismatch (corrupted or mistyped)";
     case P11PSK_HANDLE_BAD_FIELD:
         return "bad handle: malformed field";
+    case P11PSK_HANDLE_INTERNAL:
+        return "bad handle: check value could not be computed";
     }
     return "bad handle";
 }

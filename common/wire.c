@@ -59,7 +59,8 @@ size_t p11psk_frame_finish(p11psk_frame *fr)
 void p11psk_frame_cleanse(p11psk_frame *fr)
 {
     /* Only what was written can hold secrets; an overflowed frame may have written it all. */
-    OPENSSL_cleanse(fr->buf, fr->w.err || fr->w.len > sizeof(fr->buf) ? sizeof(fr->buf) : fr->w.len);
+    OPENSSL_cleanse(fr->buf,
+                    fr->w.err || fr->w.len > sizeof(fr->buf) ? sizeof(fr->buf) : fr->w.len);
     fr->w.len = 0;
 }
 
@@ -122,6 +123,8 @@ const char *p11psk_wire_strerror(int rc)
         return "unknown field";
     case P11PSK_WIRE_DUPLICATE:
         return "duplicate field";
+    case P11PSK_WIRE_NO_FIELD:
+        return "field absent or of another size";
     }
     return "malformed message";
 }
@@ -129,25 +132,25 @@ const char *p11psk_wire_strerror(int rc)
 int p11psk_msg_u8(const p11psk_msg *m, int tag, uint8_t *v)
 {
     if (tag <= 0 || tag >= P11PSK_T_MAX_ || !m->f[tag].present || m->f[tag].len != 1)
-        return 0;
+        return P11PSK_WIRE_NO_FIELD;
     *v = m->f[tag].p[0];
-    return 1;
+    return P11PSK_WIRE_OK;
 }
 
 int p11psk_msg_u16(const p11psk_msg *m, int tag, uint16_t *v)
 {
     if (tag <= 0 || tag >= P11PSK_T_MAX_ || !m->f[tag].present || m->f[tag].len != 2)
-        return 0;
+        return P11PSK_WIRE_NO_FIELD;
     *v = p11psk_load_be16(m->f[tag].p);
-    return 1;
+    return P11PSK_WIRE_OK;
 }
 
 int p11psk_msg_u32(const p11psk_msg *m, int tag, uint32_t *v)
 {
     if (tag <= 0 || tag >= P11PSK_T_MAX_ || !m->f[tag].present || m->f[tag].len != 4)
-        return 0;
+        return P11PSK_WIRE_NO_FIELD;
     *v = p11psk_load_be32(m->f[tag].p);
-    return 1;
+    return P11PSK_WIRE_OK;
 }
 
 void p11psk_msg_str(const p11psk_msg *m, int tag, char *out, size_t cap)
@@ -194,25 +197,4 @@ const char *p11psk_status_str(int st)
         return "internal error";
     }
     return "unknown status";
-}
-
-const char *p11psk_op_str(int op)
-{
-    switch (op) {
-    case P11PSK_OP_PING:
-        return "ping";
-    case P11PSK_OP_STATUS:
-        return "status";
-    case P11PSK_OP_FLUSH:
-        return "flush";
-    case P11PSK_OP_TLS13_EARLY:
-        return "tls13-early";
-    case P11PSK_OP_TLS13_EXPAND:
-        return "tls13-expand";
-    case P11PSK_OP_TLS13_EXTRACT:
-        return "tls13-extract";
-    case P11PSK_OP_TLS12_PRF:
-        return "tls12-prf";
-    }
-    return "unknown";
 }

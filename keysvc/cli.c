@@ -145,7 +145,7 @@ int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 
     h.type = P11PSK_HT_PSK;
     h.idlen = (uint8_t)k->idlen;
     memcpy(h.id, k->id, k->idlen);
-    if (!p11psk_handle_encode(&h, hb, sizeof(hb))) {
+    if (p11psk_handle_encode(&h, hb, sizeof(hb)) != 0) {
         fprintf(stderr, "p11psk: cannot encode a handle for '%s'\n", k->label);
         return 0;
     }
@@ -272,7 +272,7 @@ int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k)
     h.type = P11PSK_HT_PSK;
     h.idlen = (uint8_t)k->idlen;
     memcpy(h.id, k->id, k->idlen <= P11PSK_ID_MAX ? k->idlen : 0);
-    if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX || !p11psk_handle_encode(&h, hb, sizeof(hb)))
+    if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX || p11psk_handle_encode(&h, hb, sizeof(hb)) != 0)
         return 0; /* no handle, so p11pskd cannot have served (or cached) this key */
     p11psk_frame_start(&req, P11PSK_OP_FLUSH);
     p11psk_frame_add(&req, P11PSK_T_HANDLE, hb, sizeof(hb));
@@ -585,7 +585,7 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
             h.type = P11PSK_HT_PSK;
             h.idlen = (uint8_t)k->idlen;
             memcpy(h.id, k->id, k->idlen);
-            if (p11psk_handle_encode(&h, hb, sizeof(hb))) {
+            if (p11psk_handle_encode(&h, hb, sizeof(hb)) == 0) {
                 p11psk_hex_encode(hb, sizeof(hb), handle);
                 printf("\"%s\"", handle);
             } else {

@@ -238,12 +238,12 @@ size_t p11psk_ladder_premaster_head(const uint8_t *other, size_t otherlen, size_
                                     uint8_t *out, size_t cap)
 {
     /* Plain PSK: the client sized the zero block for the handle, the real key decides. */
-    size_t n = p11psk_all_zero(other, otherlen) ? keylen : otherlen;
+    size_t n = p11psk_buf_is_zero(other, otherlen) ? keylen : otherlen;
 
     if (n > UINT16_MAX || keylen > UINT16_MAX || cap < 4 + n)
         return 0;
     p11psk_store_be16(out, (uint16_t)n);
-    if (n == keylen && p11psk_all_zero(other, otherlen))
+    if (n == keylen && p11psk_buf_is_zero(other, otherlen))
         memset(out + 2, 0, n);
     else
         memcpy(out + 2, other, n);
@@ -255,7 +255,7 @@ size_t p11psk_ladder_tls12_min_len(int md, const uint8_t *other, size_t otherlen
 {
     size_t bs = p11psk_md_block(md);
 
-    if (p11psk_all_zero(other, otherlen)) /* 4 + 2L > bs */
+    if (p11psk_buf_is_zero(other, otherlen)) /* 4 + 2L > bs */
         return (bs - 4) / 2 + 1;
     return otherlen + 4 >= bs ? 1 : bs - 4 - otherlen + 1; /* 4 + n + L > bs */
 }
@@ -286,7 +286,7 @@ int p11psk_ladder_tls12_prf(p11psk_ladder *lad, p11psk_token *tok, const p11psk_
     if (headlen + key->len > p11psk_md_block(md)) {
         /* HMAC keys with H(premaster) here, and the PSK is the premaster's tail. For plain
          * PSK the premaster depends on the PSK alone: cacheable. */
-        int plain = p11psk_all_zero(other, otherlen);
+        int plain = p11psk_buf_is_zero(other, otherlen);
 
         if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_PMH,
                                       md, hsec, p11psk_md_size(md))) {

@@ -2,22 +2,12 @@
 #ifndef P11PSK_KEYSVC_SERVER_H
 #define P11PSK_KEYSVC_SERVER_H
 
-#include <stdatomic.h>
 #include <stddef.h>
 
+#include "cache.h"
 #include "config.h"
 #include "ladder.h"
-#include "p11psk/wire.h"
 #include "token.h"
-
-/* Request counters by operation and result, for status reports. */
-enum { P11PSK_STAT_PING, P11PSK_STAT_EARLY, P11PSK_STAT_EXPAND, P11PSK_STAT_EXTRACT,
-       P11PSK_STAT_PRF, P11PSK_STAT_STATUS, P11PSK_STAT_FLUSH, P11PSK_STAT_OTHER, P11PSK_STAT_OPS };
-
-typedef struct {
-    atomic_ulong req[P11PSK_STAT_OPS][P11PSK_ST_MAX_];
-    atomic_ulong connections; /* accepted since start */
-} p11psk_server_stats;
 
 /*
  * Creates the listening socket at cfg->socket: parent directory made if missing (0755), a

@@ -271,7 +271,7 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
     } else if (rc == P11PSK_CALL_OK) {
         /* Error answers carry text for the operator, never key bytes. */
         p11psk_msg_str(&m, P11PSK_T_MSG, msg, sizeof(msg));
-        has_ckr = p11psk_msg_u32(&m, P11PSK_T_CKR, &ckr);
+        has_ckr = p11psk_msg_u32(&m, P11PSK_T_CKR, &ckr) == P11PSK_WIRE_OK;
     }
     OPENSSL_cleanse(&m, sizeof(m));
     pool_put(pcn);

@@ -105,8 +105,7 @@ static int tls13_early(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
         return -1;
     h.type = P11PSK_HT_TLS13_ES;
     h.digest = (uint8_t)md;
-    /* Still 1 = success in common/ (its convention is being changed separately). */
-    if (!p11psk_handle_encode(&h, out, outlen)) {
+    if (p11psk_handle_encode(&h, out, outlen) != 0) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot encode a %s early-secret handle",
                      p11psk_md_name(md));
         return -1;

@@ -67,7 +67,8 @@ static int p11psk_tls1_prf_derive(void *vctx, unsigned char *key, size_t keylen,
                          "%s secret is a bare handle, not a PSK premaster secret", ALG);
         return 0;
     }
-    if (!p11psk_premaster_split(ctx->secret.p, ctx->secret.len, &other, &otherlen, &psk, &psklen) ||
+    if (p11psk_premaster_split(ctx->secret.p, ctx->secret.len, &other, &otherlen, &psk,
+                                &psklen) != 0 ||
         !p11psk_handle_has_magic(psk, psklen))
         return p11psk_kdf_delegate(ctx, key, keylen) == 0;
 

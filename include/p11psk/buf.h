@@ -36,7 +36,7 @@ void p11psk_wbuf_u32(p11psk_wbuf *w, uint32_t v);
 void p11psk_wbuf_bytes(p11psk_wbuf *w, const void *p, size_t n);
 
 /* True if all n bytes are zero; time independent of the data (inputs may be secrets). */
-int p11psk_all_zero(const uint8_t *p, size_t n);
+int p11psk_buf_is_zero(const uint8_t *p, size_t n);
 
 /* Big-endian helpers for fixed-offset fields. */
 uint16_t p11psk_load_be16(const uint8_t *p);

@@ -56,16 +56,19 @@ enum p11psk_handle_rc {
     P11PSK_HANDLE_BAD_VERSION = -2,
     P11PSK_HANDLE_BAD_CHECK = -3,
     P11PSK_HANDLE_BAD_FIELD = -4, /* unknown type or digest, bad id length, non-zero padding */
+    P11PSK_HANDLE_INTERNAL = -5,  /* encode: the check value's digest failed */
 };
 
 /* True if buf carries the magic, binary or hex; such a buffer must never be used as a key. */
 int p11psk_handle_has_magic(const uint8_t *buf, size_t len);
 
-/* Decodes buf (binary, or a PSK handle's 64 hex characters); on P11PSK_HANDLE_OK fills *h.
- * Never reads past len. */
+/* Decodes buf (binary, or a PSK handle's 64 hex characters); on P11PSK_HANDLE_OK (0) fills
+ * *h. P11PSK_HANDLE_NOT (1) is no failure: buf is ordinary key material. Negative: a bad
+ * handle. Never reads past len. */
 int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h);
 
-/* Encodes h into exactly outlen bytes (32..48). Returns 1, or 0 on bad input. */
+/* Encodes h into exactly outlen bytes (32..48). Returns P11PSK_HANDLE_OK (0), or a negative
+ * P11PSK_HANDLE_* on bad input. */
 int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen);
 
 /* Human-readable reason for a decode result. */

@@ -11,12 +11,12 @@
 #include <stdint.h>
 
 /*
- * Splits buf (len bytes) into its two parts. Returns 1 with other, otherlen, psk and
- * psklen set (the pointers point into buf), or 0 (outputs untouched) when buf has another shape:
+ * Splits buf (len bytes) into its two parts. Returns 0 with other, otherlen, psk and
+ * psklen set (the pointers point into buf), or -1 (outputs untouched) when buf has another shape:
  * NULL, shorter than the two length fields, or lengths that do not add up to len exactly.
  * Never reads past len.
  */
-int p11psk_premaster_split(const uint8_t *buf, size_t len, const uint8_t **other,
-                           size_t *otherlen, const uint8_t **psk, size_t *psklen);
+int p11psk_premaster_split(const uint8_t *buf, size_t len, const uint8_t **other, size_t *otherlen,
+                           const uint8_t **psk, size_t *psklen);
 
 #endif

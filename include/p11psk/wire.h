@@ -6,21 +6,14 @@
  * Field:  u8 tag ‖ u16 length ‖ value        (each tag at most once, no unknown tags)
  * The code is a P11PSK_OP_* in requests and a P11PSK_ST_* in responses.
  *
- * Requests and the fields they carry (r = required, o = optional):
- *   PING            -                                          -> OK: INFO (daemon version text)
- *   STATUS          -                                          -> OK: INFO ("name value" lines,
- *                   names in Prometheus style: requests{op="..",result=".."} 12)
- *   FLUSH           HANDLE(psk) o (absent: every key)          -> OK: INFO ("flushed N")
- *                   drops cached values of a key, e.g. after `p11psk rotate`
- *   TLS13_EARLY     DIGEST r, HANDLE(psk) r                    -> OK: HANDLE (early-secret handle)
- *   TLS13_EXPAND    DIGEST r, HANDLE(es) r, PREFIX r, LABEL r, DATA o, OUTLEN r -> OK: OUT
- *   TLS13_EXTRACT   DIGEST r, HANDLE(es) r, PREFIX r, LABEL r, IKM o (absent: zeros)
- *                                                              -> OK: OUT (hash length)
- *   TLS12_PRF       DIGEST r, HANDLE(psk) r, OTHER r, SEED r, OUTLEN r -> OK: OUT
- *                   (premaster = u16 len ‖ OTHER ‖ u16 len ‖ PSK; an all-zero OTHER means
- *                   plain PSK and is resized to the real key length by the daemon)
+ * The operations, their fields, bounds, permissions and answers: the table in
+ * include/p11psk/ops.h (rows in common/ops.c).
  * Error responses carry MSG (text for the operator, never key bytes) and CKR when a
  * PKCS#11 call failed.
+ *
+ * Return values (docs/conventions.md): functions here and in common/ return 0 on success
+ * and a negative code on failure; predicates (*_is_*, *_has_*) return 1/0; sizes are 0 when
+ * nothing was produced. Only code called by OpenSSL uses OpenSSL's 1 = success.
  */
 #ifndef P11PSK_WIRE_H
 #define P11PSK_WIRE_H
@@ -32,7 +25,7 @@
 
 #define P11PSK_WIRE_VERSION 1
 #define P11PSK_WIRE_HDR 4
-#define P11PSK_WIRE_MAX 8192   /* largest body accepted by either side */
+#define P11PSK_WIRE_MAX 8192     /* largest body accepted by either side */
 #define P11PSK_WIRE_OUT_MAX 1024 /* largest OUTLEN a request may ask for */
 
 enum p11psk_op {
@@ -103,6 +96,7 @@ enum p11psk_wire_rc {
     P11PSK_WIRE_BAD_VERSION = -3,
     P11PSK_WIRE_BAD_TAG = -4,
     P11PSK_WIRE_DUPLICATE = -5,
+    P11PSK_WIRE_NO_FIELD = -6, /* typed getter: field absent or of another size */
 };
 
 void p11psk_frame_start(p11psk_frame *fr, uint8_t code);
@@ -121,7 +115,8 @@ int p11psk_wire_header(const uint8_t *hdr, size_t *bodylen);
 int p11psk_msg_parse(const uint8_t *body, size_t len, p11psk_msg *m);
 const char *p11psk_wire_strerror(int rc);
 
-/* Typed field getters: 1 if present with the right size, else 0. */
+/* Typed field getters: P11PSK_WIRE_OK and *v if present with the right size, else
+ * P11PSK_WIRE_NO_FIELD (*v untouched). */
 int p11psk_msg_u8(const p11psk_msg *m, int tag, uint8_t *v);
 int p11psk_msg_u16(const p11psk_msg *m, int tag, uint16_t *v);
 int p11psk_msg_u32(const p11psk_msg *m, int tag, uint32_t *v);
@@ -129,6 +124,7 @@ int p11psk_msg_u32(const p11psk_msg *m, int tag, uint32_t *v);
 void p11psk_msg_str(const p11psk_msg *m, int tag, char *out, size_t cap);
 
 const char *p11psk_status_str(int st);
+/* An operation's name from the table in ops.h ("unknown" for other codes). */
 const char *p11psk_op_str(int op);
 
 #endif

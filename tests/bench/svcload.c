@@ -62,7 +62,7 @@ static int key_handle(const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
     h.type = P11PSK_HT_PSK;
     h.idlen = (uint8_t)k->idlen;
     memcpy(h.id, k->id, k->idlen);
-    return p11psk_handle_encode(&h, out, P11PSK_HANDLE_LEN);
+    return p11psk_handle_encode(&h, out, P11PSK_HANDLE_LEN) == 0; /* 1: made */
 }
 
 int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, bench_keys *out)

@@ -45,7 +45,7 @@ static void decode_checked(const uint8_t *buf, size_t len)
                                   : h.type == P11PSK_HT_TLS13_ES && p11psk_md_size(h.digest));
     /* A valid handle is exactly what encode makes of the decoded fields. */
     enclen = h.type == P11PSK_HT_PSK ? P11PSK_HANDLE_LEN : p11psk_md_size(h.digest);
-    CHECK(p11psk_handle_encode(&h, enc, enclen) == 1);
+    CHECK(p11psk_handle_encode(&h, enc, enclen) == P11PSK_HANDLE_OK);
     if (len == enclen && memcmp(buf, enc, len) == 0)
         return;
     CHECK(h.type == P11PSK_HT_PSK && is_hex_form(buf, len));

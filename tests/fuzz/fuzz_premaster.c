@@ -20,7 +20,7 @@ static void split_checked(const uint8_t *buf, size_t len)
     size_t otherlen = 77, psklen = 77;
     p11psk_handle h;
 
-    if (!p11psk_premaster_split(buf, len, &other, &otherlen, &psk, &psklen)) {
+    if (p11psk_premaster_split(buf, len, &other, &otherlen, &psk, &psklen) != 0) {
         CHECK(other == &sentinel && psk == &sentinel && otherlen == 77 && psklen == 77);
         return;
     }
@@ -61,11 +61,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const uint8_t *o, *p;
         size_t ol, pl;
 
-        CHECK(p11psk_premaster_split(buf, 4 + n + m, &o, &ol, &p, &pl));
+        CHECK(p11psk_premaster_split(buf, 4 + n + m, &o, &ol, &p, &pl) == 0);
         CHECK(ol == n && pl == m && memcmp(o, data + 1, n) == 0 &&
               memcmp(p, data + 1 + n, m) == 0);
         /* One byte more or less is another shape. */
-        CHECK(!p11psk_premaster_split(buf, 3 + n + m, &o, &ol, &p, &pl));
+        CHECK(p11psk_premaster_split(buf, 3 + n + m, &o, &ol, &p, &pl) < 0);
     }
     free(buf);
     return 0;

@@ -1,12 +1,14 @@
 /*
  * libFuzzer harness: the wire decoder as p11pskd and the clients run it on untrusted bytes.
  * The input is a frame (4-byte header ‖ body); the header is decoded as conn_read does,
- * the body parsed, every getter called, and a parsed body re-encoded and parsed again.
+ * the body parsed, every getter called, the body checked against its operation's row of the
+ * table (ops.h) as the daemon does, and a parsed body re-encoded and parsed again.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "p11psk/ops.h"
 #include "p11psk/wire.h"
 
 #define CHECK(c) ((c) ? (void)0 : abort())
@@ -21,8 +23,9 @@ static void getters(const p11psk_msg *m)
 
     /* Out-of-range tags included: the getters must refuse them without reading. */
     for (tag = -1; tag <= P11PSK_T_MAX_ + 1; tag++) {
-        int ok8 = p11psk_msg_u8(m, tag, &u8), ok16 = p11psk_msg_u16(m, tag, &u16),
-            ok32 = p11psk_msg_u32(m, tag, &u32);
+        int ok8 = p11psk_msg_u8(m, tag, &u8) == P11PSK_WIRE_OK,
+            ok16 = p11psk_msg_u16(m, tag, &u16) == P11PSK_WIRE_OK,
+            ok32 = p11psk_msg_u32(m, tag, &u32) == P11PSK_WIRE_OK;
 
         if (tag <= 0 || tag >= P11PSK_T_MAX_) {
             CHECK(!ok8 && !ok16 && !ok32);
@@ -41,6 +44,33 @@ static void getters(const p11psk_msg *m)
     }
     (void)p11psk_status_str(m->code);
     (void)p11psk_op_str(m->code);
+}
+
+/* The validator against the row of m's code: a result in range, a reason when it refuses,
+ * and an accepted body holds every required field and no field the row does not list. */
+static void validate(const p11psk_msg *m)
+{
+    const p11psk_op_info *op = p11psk_op_find(m->code);
+    uint8_t listed[P11PSK_T_MAX_] = {0};
+    char why[128] = "";
+    size_t i;
+    int rc, tag;
+
+    CHECK((op == NULL) == (p11psk_op_index(m->code) == p11psk_ops_n));
+    if (op == NULL)
+        return;
+    rc = p11psk_op_validate(op, m, why, sizeof(why));
+    CHECK(rc <= P11PSK_FIELD_OK && rc >= P11PSK_FIELD_FORBIDDEN);
+    CHECK((rc == P11PSK_FIELD_OK) == (why[0] == '\0'));
+    if (rc != P11PSK_FIELD_OK)
+        return;
+    for (i = 0; i < P11PSK_OP_FIELDS_MAX && op->fields[i].tag != 0; i++) {
+        listed[op->fields[i].tag] = 1;
+        if (op->fields[i].required)
+            CHECK(m->f[op->fields[i].tag].present);
+    }
+    for (tag = 1; tag < P11PSK_T_MAX_; tag++)
+        CHECK(!m->f[tag].present || listed[tag]);
 }
 
 /* A successful parse re-encodes (fields in tag order) to a body of the same size that
@@ -85,6 +115,7 @@ static void parse_body(const uint8_t *body, size_t len)
         return;
     CHECK(len >= 2 && m.version == P11PSK_WIRE_VERSION);
     getters(&m);
+    validate(&m);
     roundtrip(body, len, &m);
 }
 

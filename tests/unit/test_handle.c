@@ -22,7 +22,7 @@ START_TEST(roundtrip_psk)
     p11psk_handle h = sample(), d;
     uint8_t buf[P11PSK_HANDLE_LEN];
 
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), 1);
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), P11PSK_HANDLE_OK);
     ck_assert(p11psk_handle_has_magic(buf, sizeof(buf)));
     ck_assert_int_eq(p11psk_handle_decode(buf, sizeof(buf), &d), P11PSK_HANDLE_OK);
     ck_assert_int_eq(d.type, P11PSK_HT_PSK);
@@ -37,7 +37,7 @@ START_TEST(roundtrip_short_id)
     uint8_t buf[P11PSK_HANDLE_LEN];
 
     h.idlen = 1;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), 1);
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), P11PSK_HANDLE_OK);
     ck_assert_int_eq(p11psk_handle_decode(buf, sizeof(buf), &d), P11PSK_HANDLE_OK);
     ck_assert_int_eq(d.idlen, 1);
     ck_assert_int_eq(d.id[0], 0xa0);
@@ -55,7 +55,7 @@ START_TEST(roundtrip_es)
         h.type = P11PSK_HT_TLS13_ES;
         h.digest = (uint8_t)mds[i];
         n = p11psk_md_size(mds[i]);
-        ck_assert_int_eq(p11psk_handle_encode(&h, buf, n), 1);
+        ck_assert_int_eq(p11psk_handle_encode(&h, buf, n), P11PSK_HANDLE_OK);
         ck_assert_int_eq(p11psk_handle_decode(buf, n, &d), P11PSK_HANDLE_OK);
         ck_assert_int_eq(d.type, P11PSK_HT_TLS13_ES);
         ck_assert_int_eq(d.digest, mds[i]);
@@ -72,17 +72,17 @@ START_TEST(encode_rejects)
     uint8_t buf[P11PSK_HANDLE_MAX];
 
     h.idlen = 0;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), 0);
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 32), 0);
     h.idlen = 17;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), 0);
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 32), 0);
     h = sample();
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 48), 0); /* PSK handles are 32 bytes */
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 48), 0); /* PSK handles are 32 bytes */
     h.digest = P11PSK_MD_SHA256;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), 0); /* PSK handles carry no digest */
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 32), 0); /* PSK handles carry no digest */
     h.type = P11PSK_HT_TLS13_ES;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 48), 0); /* length must be hash size */
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 48), 0); /* length must be hash size */
     h.type = 9;
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), 0);
+    ck_assert_int_lt(p11psk_handle_encode(&h, buf, 32), 0);
 }
 END_TEST
 
@@ -103,7 +103,7 @@ START_TEST(every_bit_flip_rejected)
     p11psk_handle h = sample();
     uint8_t buf[P11PSK_HANDLE_LEN];
 
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), 1);
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), P11PSK_HANDLE_OK);
     for (size_t i = 0; i < sizeof(buf) * 8; i++) {
         int rc;
 
@@ -125,7 +125,7 @@ START_TEST(reject_version_length)
     p11psk_handle h = sample();
     uint8_t buf[P11PSK_HANDLE_MAX + 8];
 
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), 1);
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, 32), P11PSK_HANDLE_OK);
     buf[6] = 2;
     ck_assert_int_eq(p11psk_handle_decode(buf, 32, NULL), P11PSK_HANDLE_BAD_VERSION);
     ck_assert_int_eq(p11psk_handle_decode(buf, 8, NULL), P11PSK_HANDLE_BAD_LENGTH);
@@ -141,7 +141,7 @@ START_TEST(hex_form)
     uint8_t buf[P11PSK_HANDLE_LEN];
     char hex[P11PSK_HANDLE_HEX_LEN + 1];
 
-    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), 1);
+    ck_assert_int_eq(p11psk_handle_encode(&h, buf, sizeof(buf)), P11PSK_HANDLE_OK);
     p11psk_hex_encode(buf, sizeof(buf), hex);
     /* As stunnel hands it over: the 64 hex characters themselves. */
     ck_assert(p11psk_handle_has_magic((uint8_t *)hex, 64));

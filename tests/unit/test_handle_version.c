@@ -10,8 +10,8 @@
 
 #include "p11psk/handle.h"
 
-/* p11psk_handle_encode's success value; it moves from 1 to 0, flip it here only. */
-#define ENCODE_OK(rc) ((rc) == 1)
+/* p11psk_handle_encode's success value; 0 = success, the project convention. */
+#define ENCODE_OK(rc) ((rc) == 0)
 
 #define VERSION_OFF 6 /* magic (6 bytes), then the version byte */
 

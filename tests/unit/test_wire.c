@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "p11psk/ops.h"
 #include "p11psk/wire.h"
 
 static size_t build_request(p11psk_frame *fr)
@@ -31,16 +32,16 @@ START_TEST(roundtrip)
     ck_assert_uint_eq(body, n - P11PSK_WIRE_HDR);
     ck_assert_int_eq(p11psk_msg_parse(fr.buf + P11PSK_WIRE_HDR, body, &m), P11PSK_WIRE_OK);
     ck_assert_int_eq(m.code, P11PSK_OP_TLS12_PRF);
-    ck_assert(p11psk_msg_u8(&m, P11PSK_T_DIGEST, &d));
+    ck_assert_int_eq(p11psk_msg_u8(&m, P11PSK_T_DIGEST, &d), P11PSK_WIRE_OK);
     ck_assert_int_eq(d, 1);
-    ck_assert(p11psk_msg_u16(&m, P11PSK_T_OUTLEN, &outlen));
+    ck_assert_int_eq(p11psk_msg_u16(&m, P11PSK_T_OUTLEN, &outlen), P11PSK_WIRE_OK);
     ck_assert_int_eq(outlen, 48);
     ck_assert_int_eq(m.f[P11PSK_T_HANDLE].len, 32);
     ck_assert(m.f[P11PSK_T_OTHER].present);
     ck_assert_int_eq(m.f[P11PSK_T_OTHER].len, 0);
     ck_assert(!m.f[P11PSK_T_DATA].present);
     /* Wrong-size typed reads fail. */
-    ck_assert(!p11psk_msg_u16(&m, P11PSK_T_DIGEST, &outlen));
+    ck_assert_int_eq(p11psk_msg_u16(&m, P11PSK_T_DIGEST, &outlen), P11PSK_WIRE_NO_FIELD);
     p11psk_frame_cleanse(&fr);
 }
 END_TEST
@@ -141,6 +142,107 @@ START_TEST(text_field_sanitised)
 }
 END_TEST
 
+/* Parses a finished frame into m (the frame must stay alive while m is used). */
+static void parse_frame(p11psk_frame *fr, p11psk_msg *m)
+{
+    size_t n = p11psk_frame_finish(fr);
+
+    ck_assert_uint_gt(n, P11PSK_WIRE_HDR);
+    ck_assert_int_eq(p11psk_msg_parse(fr->buf + P11PSK_WIRE_HDR, n - P11PSK_WIRE_HDR, m),
+                     P11PSK_WIRE_OK);
+}
+
+START_TEST(op_table_consistent)
+{
+    size_t i, j, k;
+
+    for (i = 0; i < p11psk_ops_n; i++) {
+        const p11psk_op_info *op = &p11psk_ops[i];
+
+        ck_assert_ptr_nonnull(op->name);
+        ck_assert_ptr_nonnull(op->what);
+        ck_assert_uint_eq(p11psk_op_index(op->code), i);
+        ck_assert_ptr_eq(p11psk_op_find(op->code), op);
+        ck_assert_str_eq(p11psk_op_str(op->code), op->name);
+        ck_assert_str_eq(p11psk_op_slot_name(i), op->name);
+        ck_assert(op->answer > 0 && op->answer < P11PSK_T_MAX_);
+        for (j = i + 1; j < p11psk_ops_n; j++) {
+            ck_assert_uint_ne(op->code, p11psk_ops[j].code);
+            ck_assert_str_ne(op->name, p11psk_ops[j].name);
+        }
+        for (j = 0; j < P11PSK_OP_FIELDS_MAX && op->fields[j].tag != 0; j++) {
+            ck_assert(op->fields[j].tag < P11PSK_T_MAX_);
+            ck_assert_uint_le(op->fields[j].minlen, op->fields[j].maxlen);
+            ck_assert_str_ne(p11psk_tag_str(op->fields[j].tag), "unknown");
+            for (k = j + 1; k < P11PSK_OP_FIELDS_MAX && op->fields[k].tag != 0; k++)
+                ck_assert_uint_ne(op->fields[j].tag, op->fields[k].tag);
+        }
+    }
+    ck_assert_uint_eq(p11psk_op_index(0x7f), p11psk_ops_n);
+    ck_assert_ptr_null(p11psk_op_find(0x7f));
+    ck_assert_str_eq(p11psk_op_str(0x7f), "unknown");
+    ck_assert_str_eq(p11psk_op_slot_name(p11psk_ops_n), "other");
+    ck_assert_str_eq(p11psk_tag_str(P11PSK_T_PREFIX), "PREFIX");
+    ck_assert_str_eq(p11psk_tag_str(0), "unknown");
+}
+END_TEST
+
+START_TEST(op_validate)
+{
+    const p11psk_op_info *prf = p11psk_op_find(P11PSK_OP_TLS12_PRF);
+    const p11psk_op_info *expand = p11psk_op_find(P11PSK_OP_TLS13_EXPAND);
+    const p11psk_op_info *flush = p11psk_op_find(P11PSK_OP_FLUSH);
+    p11psk_frame fr;
+    p11psk_msg m;
+    char why[128];
+
+    ck_assert_ptr_nonnull(prf);
+    ck_assert_ptr_nonnull(expand);
+    ck_assert_ptr_nonnull(flush);
+    build_request(&fr);
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(prf, &m, why, sizeof(why)), P11PSK_FIELD_OK);
+    /* The same fields are not an expand request: PREFIX comes first in its row. */
+    ck_assert_int_eq(p11psk_op_validate(expand, &m, why, sizeof(why)), P11PSK_FIELD_MISSING);
+    ck_assert_str_eq(why, "missing PREFIX field");
+    /* Fixed-size fields: absent and wrong size read alike, as p11pskd always said. */
+    p11psk_frame_start(&fr, P11PSK_OP_TLS12_PRF);
+    p11psk_frame_add(&fr, P11PSK_T_OTHER, NULL, 0);
+    p11psk_frame_add(&fr, P11PSK_T_SEED, "s", 1);
+    p11psk_frame_add_u8(&fr, P11PSK_T_OUTLEN, 48);
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(prf, &m, why, sizeof(why)), P11PSK_FIELD_BAD_SIZE);
+    ck_assert_str_eq(why, "missing or malformed OUTLEN field");
+    p11psk_frame_start(&fr, P11PSK_OP_TLS12_PRF);
+    p11psk_frame_add(&fr, P11PSK_T_OTHER, NULL, 0);
+    p11psk_frame_add(&fr, P11PSK_T_SEED, "s", 1);
+    p11psk_frame_add_u16(&fr, P11PSK_T_OUTLEN, P11PSK_WIRE_OUT_MAX + 1);
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(prf, &m, why, sizeof(why)), P11PSK_FIELD_BAD_VALUE);
+    ck_assert_str_eq(why, "OUTLEN 1025 outside 1..1024");
+    p11psk_frame_start(&fr, P11PSK_OP_TLS12_PRF);
+    p11psk_frame_add(&fr, P11PSK_T_OTHER, NULL, 0);
+    p11psk_frame_add(&fr, P11PSK_T_SEED, "s", 1);
+    p11psk_frame_add_u16(&fr, P11PSK_T_OUTLEN, 48);
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(prf, &m, why, sizeof(why)), P11PSK_FIELD_MISSING);
+    ck_assert_str_eq(why, "missing or malformed DIGEST field");
+    /* Optional fields may be absent; fields a row does not list are refused. */
+    p11psk_frame_start(&fr, P11PSK_OP_FLUSH);
+    p11psk_frame_add(&fr, P11PSK_T_CKR, "\0\0\0\0", 4);
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(flush, &m, why, sizeof(why)), P11PSK_FIELD_FORBIDDEN);
+    ck_assert_str_eq(why, "CKR field not allowed in a flush request");
+    p11psk_frame_start(&fr, P11PSK_OP_FLUSH);
+    p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, 1);
+    p11psk_frame_finish(&fr);
+    fr.w.len = P11PSK_WIRE_HDR + 2; /* no fields at all */
+    parse_frame(&fr, &m);
+    ck_assert_int_eq(p11psk_op_validate(flush, &m, why, sizeof(why)), P11PSK_FIELD_OK);
+    p11psk_frame_cleanse(&fr);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("wire");
@@ -153,6 +255,8 @@ int main(void)
     tcase_add_test(tc, oversized);
     tcase_add_test(tc, bad_version_tag_duplicate);
     tcase_add_test(tc, text_field_sanitised);
+    tcase_add_test(tc, op_table_consistent);
+    tcase_add_test(tc, op_validate);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

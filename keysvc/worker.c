@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* p11pskd's worker threads: each polls the shared listening socket and its own
+ * connections, accepts, enforces deadlines and, on stop, flushes its answers. */
+#include "server_int.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "p11psk/clock.h"
+
+#define ACCEPT_BURST 8 /* per wake-up, so that workers share new connections */
+#define STOP_FLUSH_MS 1000
+
+/* Which events a connection waits for: its answer to go out, or a request. */
+static void conn_watch(worker *w, conn *c, int op)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = c->outlen > 0 ? EPOLLOUT : EPOLLIN;
+    ev.data.ptr = c;
+    c->watching = ev.events;
+    epoll_ctl(w->ep, op, c->fd, &ev);
+}
+
+static void accept_some(worker *w)
+{
+    server *s = w->s;
+    char why[200];
+    socklen_t len;
+    struct ucred cr;
+    int i, fd;
+    conn *c;
+
+    for (i = 0; i < ACCEPT_BURST; i++) {
+        fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                p11psk_log(P11PSK_LOG_ERROR, "accept: %s", strerror(errno));
+            return;
+        }
+        /* Credentials first: every decision about this peer rests on them. */
+        len = sizeof(cr);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) {
+            p11psk_log(P11PSK_LOG_ERROR, "SO_PEERCRED: %s", strerror(errno));
+            close(fd);
+            continue;
+        }
+        pthread_rwlock_rdlock(&s->cfglock);
+        if (conn_peer_admit(s, cr.uid, why, sizeof(why)) != 0) {
+            pthread_rwlock_unlock(&s->cfglock);
+            conn_refuse(fd, &cr, why);
+            continue;
+        }
+        pthread_rwlock_unlock(&s->cfglock);
+        if ((c = conn_new(s)) == NULL) {
+            conn_peer_release(s, cr.uid);
+            conn_refuse(fd, &cr, "out of memory");
+            continue;
+        }
+        c->fd = fd;
+        c->cred = cr;
+        conn_peer_details(c);
+        atomic_fetch_add(&s->stats.connections, 1);
+        c->idx = w->nconns;
+        w->conns[w->nconns++] = c;
+        conn_watch(w, c, EPOLL_CTL_ADD);
+    }
+}
+
+static void worker_drop(worker *w, conn *c)
+{
+    size_t i = c->idx;
+
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    conn_peer_release(w->s, c->cred.uid);
+    w->conns[i] = w->conns[--w->nconns];
+    w->conns[i]->idx = i;
+    conn_free(c);
+}
+
+/* On stop: answer what has fully arrived, flush answers for a bounded time, close all. */
+static void worker_finish(worker *w)
+{
+    long long end = p11psk_mono_ms() + STOP_FLUSH_MS;
+    struct pollfd p;
+
+    while (w->nconns > 0) {
+        conn *c = w->conns[w->nconns - 1];
+        int drop = c->outlen > 0 ? conn_flush(c) < 0 : conn_read(w->s, c) < 0;
+
+        while (!drop && c->outlen > 0 && p11psk_mono_ms() < end) {
+            p.fd = c->fd;
+            p.events = POLLOUT;
+            if (poll(&p, 1, (int)(end - p11psk_mono_ms())) <= 0)
+                break;
+            drop = conn_flush(c) < 0;
+        }
+        worker_drop(w, c);
+    }
+}
+
+/* Drops connections whose started request or pending answer is overdue; returns the
+ * next deadline (0: none). */
+static long long worker_deadlines(worker *w, long long now)
+{
+    long long next = 0;
+    size_t i;
+
+    for (i = w->nconns; i-- > 0;) {
+        conn *c = w->conns[i];
+
+        if (c->deadline_ms == 0)
+            continue;
+        if (c->deadline_ms <= now) {
+            p11psk_log(P11PSK_LOG_WARN,
+                       "pid=%ld uid=%lu gid=%lu exe=%s dropped: %s not done within "
+                       "request-timeout-ms = %u",
+                       (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid,
+                       c->exe, c->outlen > 0 ? "answer not read" : "request",
+                       w->s->cfg->request_timeout_ms);
+            worker_drop(w, c);
+        } else if (next == 0 || c->deadline_ms < next) {
+            next = c->deadline_ms;
+        }
+    }
+    return next;
+}
+
+#define EVENTS_MAX 64
+
+void *worker_main(void *arg)
+{
+    worker *w = arg;
+    server *s = w->s;
+    struct epoll_event ev[EVENTS_MAX], lev;
+    long long now, next = 0, last_work_us = 0;
+    int i, n, timeout;
+
+    /* The listening socket is shared: EPOLLEXCLUSIVE wakes one worker per connection. */
+    memset(&lev, 0, sizeof(lev));
+    lev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    lev.data.ptr = &s->lfd;
+    epoll_ctl(w->ep, EPOLL_CTL_ADD, s->lfd, &lev);
+    lev.events = EPOLLIN;
+    lev.data.ptr = &s->wake[0];
+    epoll_ctl(w->ep, EPOLL_CTL_ADD, s->wake[0], &lev);
+    while (!atomic_load(&s->stopping)) {
+        now = p11psk_mono_ms();
+        timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
+        /* busy-poll-us: right after work, poll without sleeping for a while. A sleeping
+         * thread is slow to wake on some VMs, and handshakes ask again within ~100 us. */
+        if (s->cfg->busy_poll_us > 0 &&
+            p11psk_mono_us() - last_work_us < (long long)s->cfg->busy_poll_us)
+            timeout = 0;
+        n = epoll_wait(w->ep, ev, EVENTS_MAX, timeout);
+        if (n > 0)
+            last_work_us = p11psk_mono_us();
+        if (n < 0 && errno != EINTR) {
+            p11psk_log(P11PSK_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (i = 0; i < n; i++) {
+            conn *c;
+            int drop;
+
+            if (ev[i].data.ptr == &s->wake[0])
+                goto stop;
+            if (ev[i].data.ptr == &s->lfd) {
+                accept_some(w);
+                continue;
+            }
+            c = ev[i].data.ptr;
+            if (ev[i].events & EPOLLERR)
+                drop = 1;
+            else if (c->outlen > 0)
+                drop = conn_flush(c) < 0 || (c->outlen == 0 && conn_process(s, c) < 0);
+            else
+                drop = conn_read(s, c) < 0;
+            if (drop) {
+                worker_drop(w, c);
+                continue;
+            }
+            if (c->outlen == 0 && c->inlen == 0)
+                c->deadline_ms = 0; /* idle: persistent connections may stay */
+            if ((c->outlen > 0 ? EPOLLOUT : EPOLLIN) != c->watching)
+                conn_watch(w, c, EPOLL_CTL_MOD);
+        }
+        next = worker_deadlines(w, p11psk_mono_ms());
+    }
+stop:
+    worker_finish(w);
+    return NULL;
+}
