@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Installs the Debian 12 packages p11psk needs to build, demo and test. Sourced by
 # demo.sh and test.sh; only calls apt-get when something is missing.
 P11PSK_DEBS=(
