@@ -7,6 +7,7 @@ P11PSK_DEBS=(
     softhsm2 libsofthsm2
     gnutls-bin stunnel4 mosquitto mosquitto-clients
     iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind
+    clang-format shellcheck
 )
 
 p11psk_sudo() {
