@@ -22,6 +22,7 @@
 # Builds into build/ first (with the benchmark) if needed.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deps.sh
 . "$P11PSK_ROOT/scripts/deps.sh"
 
 OUT=

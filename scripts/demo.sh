@@ -4,6 +4,7 @@
 # raw key against `openssl s_client` configured with a p11psk handle.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deps.sh
 . "$P11PSK_ROOT/scripts/deps.sh"
 
 p11psk_install_deps

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Installs the Debian 12 packages p11psk needs to build, demo and test. Sourced by
 # demo.sh and test.sh; only calls apt-get when something is missing.
 P11PSK_DEBS=(
@@ -6,6 +7,7 @@ P11PSK_DEBS=(
     softhsm2 libsofthsm2
     gnutls-bin stunnel4 mosquitto mosquitto-clients
     iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind
+    clang-format shellcheck
 )
 
 p11psk_sudo() {

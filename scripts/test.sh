@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test through ctest:
+# Installs what is missing, lints, builds, and runs every test through ctest:
+#   0. scripts/lint.sh: SPDX lines, clang-format, shellcheck;
 #   1. clang build, warnings are errors;
 #   2. gcc build: unit and integration tests;
 #   3. gcc ASan+UBSan build: the same suites (valgrind and gcore tests skip themselves);
 #   4. clang libFuzzer build: each fuzzer for P11PSK_FUZZ_SECONDS (default 30).
-# P11PSK_QUICK=1 runs only step 2.
+# P11PSK_QUICK=1 runs only steps 0 and 2. P11PSK_LINT=0 skips step 0.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deps.sh
 . "$P11PSK_ROOT/scripts/deps.sh"
 
 p11psk_install_deps
 JOBS=${P11PSK_TEST_JOBS:-2}
+
+# First: it is fast and needs no build.
+echo "== lint"
+"$P11PSK_ROOT/scripts/lint.sh"
 
 run_ctest() { # DIR [ctest args]: fails if nothing is configured or anything fails
     local dir=$1 n

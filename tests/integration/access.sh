@@ -3,6 +3,7 @@
 # Two throwaway users: A may use alpha (uid rule); B may use gamma through a supplementary
 # group (gid rule); everything else is denied by default. The socket is 0660 with a group
 # both users are in, so the ACL, not the file mode, is what refuses them.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || skip "needs root to create throwaway users"
 UA=p11psk-it-a

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared setup for integration tests: a throwaway SoftHSM2 token, a real p11pskd, and
 # helpers to run real TLS peers. Sourced by each test; everything lives in $T and every
 # process started here is killed by PID on exit.
@@ -50,6 +51,7 @@ finish() {
     # A clean daemon exit, and (in the sanitizer build) no ASan/UBSan/LSan report.
     if [ -n "$DAEMON_PID" ]; then
         kill "$DAEMON_PID" 2>/dev/null || true
+        # shellcheck disable=SC2015 # pass always returns 0, so fail runs only when wait fails
         wait "$DAEMON_PID" 2>/dev/null && pass "p11pskd exited cleanly" ||
             fail "p11pskd exit status $? on SIGTERM"
         DAEMON_PID=
@@ -225,12 +227,14 @@ ossl_conf() { [ "$1" = handle ] && echo "$T/openssl.cnf" || echo "$T/plain.cnf";
 run_pair() {
     local skind=$1 skey=$2 ckind=$3 ckey=$4
     shift 4
-    local port spid msg got
+    local port spid msg got sopt copt
     port=$(free_port)
+    mapfile -t sopt < <(psk_opt "$skey")
+    mapfile -t copt < <(psk_opt "$ckey")
     msg="p11psk-$RANDOM-$RANDOM"
     : >"$T/client.err"
     OPENSSL_CONF=$(ossl_conf "$skind") timeout 20 openssl s_server -accept "127.0.0.1:$port" \
-        -nocert $(psk_opt "$skey") -rev -naccept 1 "$@" >"$T/server.out" 2>&1 &
+        -nocert "${sopt[@]}" -rev -naccept 1 "$@" >"$T/server.out" 2>&1 &
     spid=$!
     PIDS+=("$spid")
     if ! wait_port "$port" "$spid"; then
@@ -238,7 +242,7 @@ run_pair() {
         return 1
     fi
     got=$(printf '%s\nCLOSE\n' "$msg" | as_user env OPENSSL_CONF="$(ossl_conf "$ckind")" timeout 20 \
-        openssl s_client -connect "127.0.0.1:$port" $(psk_opt "$ckey") -ign_eof -quiet "$@" \
+        openssl s_client -connect "127.0.0.1:$port" "${copt[@]}" -ign_eof -quiet "$@" \
         2>"$T/client.err" | head -n 1) || true
     kill "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
@@ -250,10 +254,11 @@ run_pair() {
     return 1
 }
 
+# psk_opt KEY: the s_server/s_client PSK option for KEY, one word a line (read with mapfile).
 psk_opt() {
     case $1 in
-    session:*) printf -- '-psk_session %s' "${1#session:}" ;;
-    *) printf -- '-psk %s' "$1" ;;
+    session:*) printf -- '-psk_session\n%s\n' "${1#session:}" ;;
+    *) printf -- '-psk\n%s\n' "$1" ;;
     esac
 }
 
@@ -312,6 +317,7 @@ HSLOOP=$BIN/p11psk-hsloop
 # stdout to OUT and stderr to OUT.err; sets HS_TOTAL, HS_OK, HS_FAILED and HS_RATE from its
 # summary lines, and HS_RC to its exit status. A sanitizer report is a failure (hsloop is
 # our own binary: leaks are checked in it as in p11pskd).
+# shellcheck disable=SC2034 # HS_RC is read by the tests that source this file
 hsloop() {
     hsloop_bg "$@"
     HS_RC=0
@@ -406,6 +412,7 @@ start_p11kit() {
         sleep 0.05
     done
     [ -S "$P11KIT_SOCK" ] || die "p11-kit server socket did not appear within 5 s"
+    # shellcheck disable=SC2034 # read by the tests that source this file
     P11KIT_ADDR=$(sed -n 's/^P11_KIT_SERVER_ADDRESS=\([^;]*\);.*/\1/p' "$T/p11kit.out")
 }
 

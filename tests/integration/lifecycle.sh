@@ -3,6 +3,8 @@
 # add, handshakes, `p11psk rotate` (new key material, same handle; the daemon is told to
 # drop its cached values), rotation under load, rm's confirmation, list --json, and the
 # pkcs11: URIs every command prints.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
+# shellcheck disable=SC2016 # json_get's expressions are Perl: $_ and $j are Perl's
 . "$(dirname "$0")/lib.sh"
 setup_token
 start_daemon
@@ -16,19 +18,19 @@ json_get() { perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>); print e
 
 # pairs NAME HANDLE RAW ok|fail: TLS 1.3 and 1.2, the handle on either side, raw key opposite.
 pairs() {
-    local name=$1 h=$2 raw=$3 want=$4 v opts
+    local name=$1 h=$2 raw=$3 want=$4 v opts dir s c
     for v in 3 2; do
         if [ "$v" = 3 ]; then opts=("${TLS13[@]}"); else opts=("${TLS12[@]}"); fi
         for dir in "handle raw" "raw handle"; do
-            set -- $dir
+            read -r s c <<<"$dir"
             local sk=$h ck=$raw
-            [ "$1" = raw ] && sk=$raw ck=$h
-            if run_pair "$1" "$sk" "$2" "$ck" "${opts[@]}"; then
-                [ "$want" = ok ] && pass "$name: TLS 1.$v server=$1 client=$2" ||
-                    fail "$name: TLS 1.$v server=$1 client=$2: handshake worked but should fail"
+            [ "$s" = raw ] && sk=$raw ck=$h
+            if run_pair "$s" "$sk" "$c" "$ck" "${opts[@]}"; then
+                [ "$want" = ok ] && pass "$name: TLS 1.$v server=$s client=$c" ||
+                    fail "$name: TLS 1.$v server=$s client=$c: handshake worked but should fail"
             else
-                [ "$want" = fail ] && pass "$name: TLS 1.$v server=$1 client=$2 fails" ||
-                    fail "$name: TLS 1.$v server=$1 client=$2: $REASON"
+                [ "$want" = fail ] && pass "$name: TLS 1.$v server=$s client=$c fails" ||
+                    fail "$name: TLS 1.$v server=$s client=$c: $REASON"
             fi
         done
     done

@@ -5,6 +5,7 @@
 # all computed here from the raw key. Server and client roles, TLS 1.3 and TLS 1.2 (where
 # only the PSK is checked: the master secret is per session). The control dumps the
 # raw-key peer of the same session the same way and must find the PSK.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 command -v gcore >/dev/null || die "gcore (package gdb) is missing"
 case ${LD_PRELOAD:-} in
@@ -25,7 +26,7 @@ es=$(openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt mode:EXTRACT_ONLY \
 info=0020$(printf '%02x' 13)$(printf 'tls13 derived' | od -An -tx1 | tr -d ' \n')20$(printf '' | sha256sum | cut -d' ' -f1)
 derived=$(openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt mode:EXPAND_ONLY \
     -kdfopt hexkey:"$es" -kdfopt hexinfo:"$info" HKDF | tr -d ':\n' | tr 'A-F' 'a-f')
-[ ${#es} = 64 ] && [ ${#derived} = 64 ] || die "could not compute ES/derived"
+[[ ${#es} = 64 && ${#derived} = 64 ]] || die "could not compute ES/derived"
 "$BIN/p11psk-mksess" TLS_AES_128_GCM_SHA256 "$raw" "$T/raw.pem"
 "$BIN/p11psk-mksess" TLS_AES_128_GCM_SHA256 "$h" "$T/handle.pem"
 
@@ -88,7 +89,7 @@ session() {
     exec 3>&-
     kill "$cpid" "$spid" 2>/dev/null || true
     wait "$cpid" "$spid" 2>/dev/null || true
-    [ -s "$T/core.handle" ] && [ -s "$T/core.raw" ] || { fail "$role $ver: gcore failed"; return 1; }
+    [[ -s $T/core.handle && -s $T/core.raw ]] || { fail "$role $ver: gcore failed"; return 1; }
 }
 
 for role in server client; do

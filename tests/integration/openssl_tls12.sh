@@ -8,8 +8,10 @@ start_daemon
 
 raw32=$(rand_hex_importable 32)
 import_aes tok32 "$raw32"
+# shellcheck disable=SC2034 # h32 and h16 are read through ${!h} below
 h32=$(handle_of tok32)
 raw16=$(rand_hex 16)
+# shellcheck disable=SC2034 # read through ${!h} below
 h16=$(add_hex read16 "$raw16" --readable)
 raw16s=$(rand_hex 16)
 h16s=$(add_hex sens16 "$raw16s")

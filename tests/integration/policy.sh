@@ -2,6 +2,7 @@
 # Daemon policy: allow-psk-ke, readable-keys, digests and rate-limit, each shown refusing
 # with a reason that names the setting, next to a control that the same handshake works
 # when the policy allows it. Bad values are startup errors naming the line.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 setup_token
 BASE=$(cat "$T/p11pskd.conf")
@@ -96,7 +97,9 @@ psk_ke_case "allow-psk-ke = yes: psk_ke served" ok
 # --- rate-limit: per peer uid, one second's worth of burst
 with_policy "rate-limit = 10"
 PING=000000020101
-"$BIN/p11psk-wireprobe" "$T/p11psk.sock" $(for _ in $(seq 25); do echo $PING; done) >"$T/probe.out" || true
+pings=()
+for _ in $(seq 25); do pings+=("$PING"); done
+"$BIN/p11psk-wireprobe" "$T/p11psk.sock" "${pings[@]}" >"$T/probe.out" || true
 okn=$(grep -c '^status=ok' "$T/probe.out" || true)
 refused=$(grep -c '^status=refused by policy msg=rate limit: uid 0 made more than 10 requests per second' "$T/probe.out" || true)
 if [ "$okn" -ge 10 ] && [ "$okn" -le 12 ] && [ "$refused" = $((25 - okn)) ]; then

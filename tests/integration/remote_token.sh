@@ -5,6 +5,7 @@
 # P11_KIT_SERVER_ADDRESS in its environment. Keys are provisioned through the remote module
 # (`p11psk add`) and directly into the token (softhsm2-util); TLS 1.3 and TLS 1.2 handshakes
 # through p11pskd succeed against a raw-key peer in both directions.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 setup_token
 p11kit_setup
@@ -26,6 +27,7 @@ logged() {
     return 1
 }
 
+# shellcheck disable=SC2119 # start_p11kit's argument is optional (default: SoftHSM2)
 start_p11kit
 if [ "$P11KIT_ADDR" = "unix:path=$P11KIT_SOCK" ]; then
     pass "p11-kit server prints P11_KIT_SERVER_ADDRESS=$P11KIT_ADDR"
@@ -51,7 +53,7 @@ else
 fi
 
 start_daemon
-PIDS+=($(remote_children))
+mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
 if logged "serving module $CLIENT_MODULE, token '$TOKEN_LABEL'"; then
     pass "p11pskd's startup log says it serves $CLIENT_MODULE"
 else
@@ -95,7 +97,7 @@ stop_daemon
 remote_conf
 export P11_KIT_SERVER_ADDRESS=$P11KIT_ADDR
 restart_daemon
-PIDS+=($(remote_children))
+mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
 if logged "serving module $CLIENT_MODULE, token '$TOKEN_LABEL'"; then
     pass "env form: p11pskd serves $CLIENT_MODULE with P11_KIT_SERVER_ADDRESS from its environment"
 else
@@ -111,7 +113,7 @@ stop_daemon
 export P11_KIT_SERVER_ADDRESS=unix:path=$T/nonexistent.sock
 remote_conf "$P11KIT_ADDR"
 restart_daemon
-PIDS+=($(remote_children))
+mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
 expect_ok "config key overrides a wrong P11_KIT_SERVER_ADDRESS" raw "$raw_add" handle "$h_add" -tls1_3
 stop_daemon
 
@@ -125,7 +127,7 @@ if command -v socat >/dev/null; then
     unset P11_KIT_SERVER_ADDRESS
     remote_conf "unix:path=$T/fwd.sock"
     restart_daemon
-    PIDS+=($(remote_children))
+    mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
     expect_ok "through a forwarded socket (socat relay): tls13" raw "$raw_imp" handle "$h_imp" -tls1_3
     expect_ok "through a forwarded socket (socat relay): tls12" handle "$h_add" raw "$raw_add" \
         -tls1_2 -cipher PSK-AES128-GCM-SHA256

@@ -3,6 +3,7 @@
 # audit log, Prometheus text that passes a format check, and the status permission: a
 # non-root user is refused with a message naming allow-status, and allowed after an
 # allow-status line and SIGHUP.
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || skip "needs root to create a throwaway user"
 U=p11psk-it-st

@@ -128,6 +128,7 @@ transfer() {
     openssl rand -out "$D/up.bin" "$SIZE"
     openssl rand -out "$D/down.bin" "$SIZE"
     rm -f "$D/backend/"* "$D/down.got"
+    # shellcheck disable=SC2016 # Perl code: its variables are Perl's
     timeout 20 perl -MIO::Socket::INET -e '
         my ($port, $up, $out, $size) = @ARGV;
         $SIG{PIPE} = "IGNORE";
@@ -149,7 +150,7 @@ transfer() {
         open(my $o, ">", $out) or die "$out: $!\n";
         binmode $o; print $o $buf; close $o;' "$port" "$D/up.bin" "$D/down.got" "$SIZE" \
         >"$D/client.err" 2>&1 || true
-    ups=$(ls "$D/backend" | grep -c '^up\.' || true)
+    ups=$(find "$D/backend" -mindepth 1 -maxdepth 1 -name 'up.*' | grep -c . || true)
     if [ "$ups" != 1 ]; then
         REASON="backend saw $ups complete connections; $(tr '\n' ' ' <"$D/client.err")"
         return 1
@@ -179,8 +180,11 @@ ALL_OPS="$TLS13_OPS|$TLS12_OPS"
 check_derivs() {
     local name=$1 ver=$2 want other p n m msg=
     shift 2
-    [ "$ver" = tls13 ] && { want=$TLS13_OPS; other=$TLS12_OPS; } ||
-        { want=$TLS12_OPS; other=$TLS13_OPS; }
+    if [ "$ver" = tls13 ]; then
+        want=$TLS13_OPS other=$TLS12_OPS
+    else
+        want=$TLS12_OPS other=$TLS13_OPS
+    fi
     for p in "$@"; do
         n=$(derivs "$p" "$want")
         m=$(grep -c -E "pid=$p .* op=($other) " "$T/p11pskd.log" || true)
@@ -253,7 +257,7 @@ neg_case() {
     [ "$skind" = handle ] && hpid=$spid || hpid=$cpid
     if transfer "$cport"; then
         fail "$name: data passed with mismatched keys"
-    elif [ -s "$D/down.got" ] || ls "$D/backend" | grep -q .; then
+    elif [ -s "$D/down.got" ] || compgen -G "$D/backend/*" >/dev/null; then
         fail "$name: some data passed: $REASON"
     elif ! grep -q -i 'SSL_accept\|SSL_connect\|alert\|decrypt' "$D/srv.log" "$D/cli.log"; then
         fail "$name: no data, but no TLS error logged by stunnel"

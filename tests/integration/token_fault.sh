@@ -60,15 +60,18 @@ O12=(-tls1_2 -cipher PSK-AES128-GCM-SHA256)
 
 start_p11kit
 remote_conf "unix:path=$P11KIT_SOCK"
-for k in warm mid cold hang; do
-    printf -v "raw_$k" '%s' "$(rand_hex 32)"
-    v=raw_$k
-    printf -v "h_$k" '%s' "$(add_hex "$k" "${!v}")"
-done
+raw_warm=$(rand_hex 32)
+h_warm=$(add_hex warm "$raw_warm")
+raw_mid=$(rand_hex 32)
+h_mid=$(add_hex mid "$raw_mid")
+raw_cold=$(rand_hex 32)
+h_cold=$(add_hex cold "$raw_cold")
+raw_hang=$(rand_hex 32)
+h_hang=$(add_hex hang "$raw_hang")
 start_daemon
-OLD_KIDS=$(remote_children)
-PIDS+=($OLD_KIDS)
-[ -n "$OLD_KIDS" ] || die "no p11-kit-remote child serves p11pskd"
+mapfile -t OLD_KIDS < <(remote_children)
+PIDS+=("${OLD_KIDS[@]}")
+[ "${#OLD_KIDS[@]}" -gt 0 ] || die "no p11-kit-remote child serves p11pskd"
 
 expect_ok "before the fault: tls13 warm" raw "$raw_warm" handle "$h_warm" "${O13[@]}"
 expect_ok "before the fault: tls12 warm" raw "$raw_warm" handle "$h_warm" "${O12[@]}"
@@ -76,12 +79,12 @@ expect_ok "before the fault: tls12 warm" raw "$raw_warm" handle "$h_warm" "${O12
 # 1. Only the listener goes: established connections are separate processes.
 kill "$P11KIT_PID"
 gone "$P11KIT_PID"
-expect_ok "listener killed: p11pskd's p11-kit-remote (pid $OLD_KIDS) still serves a new key" \
+expect_ok "listener killed: p11pskd's p11-kit-remote (pid ${OLD_KIDS[*]}) still serves a new key" \
     raw "$raw_mid" handle "$h_mid" "${O13[@]}"
 
 # 2. The token goes: kill the p11-kit-remote process that serves p11pskd.
-kill $OLD_KIDS
-gone $OLD_KIDS
+kill "${OLD_KIDS[@]}"
+gone "${OLD_KIDS[@]}"
 [ ! -S "$P11KIT_SOCK" ] || log "note: $P11KIT_SOCK still exists"
 before=$(wc -l <"$T/p11pskd.log")
 expect_ok "token gone, fault not yet noticed: tls13 warm (cached early secret)" \
@@ -105,6 +108,7 @@ fi
 # The whole attempt includes starting s_server and s_client, which ASan slows down.
 bound=1500
 case ${LD_PRELOAD:-} in *asan*) bound=5000 ;; esac
+# shellcheck disable=SC2154 # timed set ms_cold by name
 if [ -n "$lat" ] && [ "$lat" -lt 500000 ] && [ "$ms_cold" -lt "$bound" ]; then
     pass "fails fast: p11pskd answered in ${lat} us, whole handshake attempt ${ms_cold} ms (provider timeout 2000 ms)"
 else
@@ -148,7 +152,7 @@ if grep -q "token 'p11psk-test' is back" "$T/p11pskd.log"; then
 else
     fail "p11pskd did not log that the token is back"
 fi
-PIDS+=($(remote_children))
+mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
 avail=$(status token_available)
 rec=$(status token_recoveries)
 if [ "$avail" = 1 ] && [ "${rec:-0}" -ge 1 ]; then
@@ -167,6 +171,7 @@ kill -STOP "$KID"
 ON_EXIT+=("kill -CONT $KID 2>/dev/null")
 timed ms_hang expect_fail "hung token: tls13 new key fails with the provider's timeout" \
     "service timed out" raw "$raw_hang" handle "$h_hang" "${O13[@]}"
+# shellcheck disable=SC2154 # timed set ms_hang by name
 if [ "$ms_hang" -ge 1900 ] && [ "$ms_hang" -lt 6000 ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
     pass "hung token: handshake attempt ended after ${ms_hang} ms (p11psk-timeout-ms 2000); p11pskd alive"
 else
@@ -253,9 +258,9 @@ EOC
     cc -shared -fPIC -I/usr/include/p11-kit-1 -o "$T/shim.so" "$T/shim.c" -ldl ||
         die "cannot build the logout shim"
     stop_daemon
-    cur=$(remote_children)
-    kill "$P11KIT_PID" $cur 2>/dev/null || true
-    gone "$P11KIT_PID" $cur
+    mapfile -t cur < <(remote_children)
+    kill "$P11KIT_PID" "${cur[@]}" 2>/dev/null || true
+    gone "$P11KIT_PID" "${cur[@]}"
     export P11PSK_SHIM_MODULE=$SOFTHSM_MODULE P11PSK_SHIM_TRIGGER=$T/force-logout
     start_p11kit "$T/shim.so"
     unset P11PSK_SHIM_MODULE P11PSK_SHIM_TRIGGER
@@ -264,7 +269,7 @@ EOC
     : >"$T/p11pskd.log"
     rm -f "$T/p11psk.sock"
     start_daemon
-    PIDS+=($(remote_children))
+    mapfile -t -O "${#PIDS[@]}" PIDS < <(remote_children)
     expect_ok "shim token, cache off: tls13 warm" raw "$raw_warm" handle "$h_warm" "${O13[@]}"
     echo rv >"$T/force-logout"
     expect_ok "token forgot the login (CKR_USER_NOT_LOGGED_IN): tls13 warm still succeeds" \
