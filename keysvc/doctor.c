@@ -35,7 +35,8 @@
 #define DAEMON_USER "p11psk" /* the system user conf/p11psk.sysusers creates */
 #define SELECT_PROPS "?p11psk.handles=yes"
 #define STUNNEL_PROPQ "provider!=fips"
-#define HANDLE_FILE_MAX 4096
+#define HANDLE_FILE_MAX (1 << 16)
+#define HANDLE_LINES_MAX 10000
 #define PROC_LINE_MAX 4096
 #define PROC_LINES_MAX 1000000 /* a process with more maps lines than this is not plausible */
 #define ENVIRON_MAX (1 << 20)
@@ -60,7 +61,8 @@ const char p11psk_usage_doctor[] =
     "  --openssl-conf FILE  the OpenSSL configuration to check (default: $OPENSSL_CONF,\n"
     "                       else OpenSSL's default file)\n"
     "  --handle HEX         a handle as in stunnel or mosquitto PSK files (64 hex chars)\n"
-    "  --handle-file FILE   a file holding one handle, or one IDENTITY:HANDLE line\n"
+    "  --handle-file FILE   every handle in a stunnel or mosquitto PSK file\n"
+    "                       (IDENTITY:HANDLE lines; a file holding just the hex works too)\n"
     "  --pid PID            check a running application (run as root or as its user)\n"
     "  --socket PATH        p11pskd's socket when the configuration names none (default\n"
     "                       " P11PSK_DEFAULT_SOCKET "); P11PSK_SOCKET overrides both, as\n"
@@ -435,61 +437,88 @@ static int check_daemon(doctor *d, const char *sock_arg, p11psk_conn *c)
     return 1;
 }
 
-/* Reads a handle as hex from arg or the file; 0 and a message on a usage error. */
-static int read_handle(const char *hex, const char *file, uint8_t *out, size_t cap, long *len)
+/* Reads a PSK file (or a file holding one handle) into *text; 0 with a message on failure. */
+static int read_handle_file(const char *file, char **text)
 {
-    char *buf = NULL, *line, *end, *colon;
     size_t n;
     FILE *f;
 
-    if (file != NULL) {
-        if ((buf = calloc(1, HANDLE_FILE_MAX + 1)) == NULL)
-            return 0;
-        if ((f = fopen(file, "re")) == NULL) {
-            fprintf(stderr, "p11psk: cannot open %s: %s\n", file, strerror(errno));
-            free(buf);
-            return 0;
-        }
-        n = fread(buf, 1, HANDLE_FILE_MAX, f);
+    if ((f = fopen(file, "re")) == NULL) {
+        fprintf(stderr, "p11psk: cannot open %s: %s\n", file, strerror(errno));
+        return 0;
+    }
+    if ((*text = calloc(1, HANDLE_FILE_MAX + 2)) == NULL) {
         fclose(f);
-        buf[n] = '\0';
-        line = buf + strspn(buf, " \t\r\n");
-        end = line + strcspn(line, "\r\n");
-        if (end[strspn(end, " \t\r\n")] != '\0') {
-            fprintf(stderr, "p11psk: %s holds more than one line; give --handle HEX\n", file);
-            OPENSSL_cleanse(buf, HANDLE_FILE_MAX + 1);
-            free(buf);
-            return 0;
-        }
-        *end = '\0';
-        /* IDENTITY:KEY, as in stunnel and mosquitto PSK files. */
-        if ((colon = strrchr(line, ':')) != NULL)
-            line = colon + 1;
-        while (*line == ' ' || *line == '\t')
-            line++;
-        for (end = line + strlen(line); end > line && (end[-1] == ' ' || end[-1] == '\t');)
-            *--end = '\0';
-        hex = line;
+        fprintf(stderr, "p11psk: out of memory\n");
+        return 0;
     }
-    *len = p11psk_hex_decode(hex, out, cap);
-    if (buf != NULL) {
-        OPENSSL_cleanse(buf, HANDLE_FILE_MAX + 1); /* might have been a raw key */
-        free(buf);
-    }
-    if (*len <= 0) {
-        fprintf(stderr, "p11psk: the handle must be hex (64 characters, as `p11psk handle ID` "
-                        "prints it)\n");
+    n = fread(*text, 1, HANDLE_FILE_MAX + 1, f);
+    fclose(f);
+    if (n > HANDLE_FILE_MAX) {
+        fprintf(stderr, "p11psk: %s is larger than %d bytes; give --handle HEX\n", file,
+                HANDLE_FILE_MAX);
+        OPENSSL_cleanse(*text, HANDLE_FILE_MAX + 2); /* it may hold raw keys */
+        free(*text);
+        *text = NULL;
         return 0;
     }
     return 1;
 }
 
+static void check_handle(doctor *d, p11psk_conn *c, const uint8_t *buf, size_t len,
+                         const char *where);
+
+/*
+ * Checks each "IDENTITY:HEX" or "HEX" line of a stunnel or mosquitto PSK file; blank lines
+ * and # comments are skipped. Nothing of a line is printed but its number and identity.
+ */
+static void check_handle_lines(doctor *d, p11psk_conn *c, const char *file, char *text)
+{
+    char *line, *next, *colon, *hex, id[256], f[1024], where[sizeof(f) + sizeof(id) + 64];
+    uint8_t bin[P11PSK_HANDLE_MAX];
+    int lineno = 0, checked = 0;
+    long len;
+
+    esc(file, f, sizeof(f));
+    for (line = text; line != NULL && lineno < HANDLE_LINES_MAX; line = next) {
+        lineno++;
+        if ((next = strchr(line, '\n')) != NULL)
+            *next++ = '\0';
+        line[strcspn(line, "\r")] = '\0';
+        line += strspn(line, " \t");
+        if (line[0] == '\0' || line[0] == '#')
+            continue;
+        colon = strrchr(line, ':');
+        hex = colon != NULL ? colon + 1 : line;
+        if (colon != NULL)
+            *colon = '\0';
+        hex += strspn(hex, " \t");
+        hex[strcspn(hex, " \t")] = '\0';
+        snprintf(where, sizeof(where), " (%s:%d%s%s%s)", f, lineno,
+                 colon != NULL ? ", identity '" : "",
+                 colon != NULL ? esc(line, id, sizeof(id)) : "", colon != NULL ? "'" : "");
+        checked++;
+        len = p11psk_hex_decode(hex, bin, sizeof(bin));
+        if (len <= 0)
+            report(d, 0,
+                   "handle%s: not a hex handle (it may be a raw key): put the handle that "
+                   "`p11psk handle ID` prints there",
+                   where);
+        else
+            check_handle(d, c, bin, (size_t)len, where);
+        OPENSSL_cleanse(bin, sizeof(bin));
+    }
+    if (checked == 0)
+        report(d, 0, "handle: %s holds no IDENTITY:HANDLE line: give --handle HEX", f);
+}
+
 /* Asks p11pskd for a derivation with the key: only an allowed uid gets an answer. */
-static void check_handle(doctor *d, p11psk_conn *c, const uint8_t *buf, size_t len)
+static void check_handle(doctor *d, p11psk_conn *c, const uint8_t *buf, size_t len,
+                         const char *where)
 {
     static const uint8_t seed[] = "p11psk doctor access check";
     uint8_t hb[P11PSK_HANDLE_LEN], zeros[P11PSK_HANDLE_LEN] = {0}, resp[P11PSK_WIRE_MAX];
-    char id[2 * P11PSK_ID_MAX + 1], what[96], msg[400];
+    char id[2 * P11PSK_ID_MAX + 1], what[1500], msg[400];
     int md, rc, e = 0, st = -1;
     p11psk_handle h;
     p11psk_frame req;
@@ -498,19 +527,19 @@ static void check_handle(doctor *d, p11psk_conn *c, const uint8_t *buf, size_t l
     rc = p11psk_handle_decode(buf, len, &h);
     if (rc == P11PSK_HANDLE_NOT) {
         report(d, 0,
-               "handle: these %zu bytes are not a p11psk handle (they may be a raw key): "
+               "handle%s: these %zu bytes are not a p11psk handle (they may be a raw key): "
                "give the handle that `p11psk handle ID` prints",
-               len);
+               where, len);
         return;
     }
     if (rc != P11PSK_HANDLE_OK || h.type != P11PSK_HT_PSK) {
-        report(d, 0, "handle: not a valid PSK handle (%s): copy it again from `p11psk handle ID`",
-               rc != P11PSK_HANDLE_OK ? p11psk_handle_strerror(rc) : "early-secret handle");
+        report(d, 0, "handle%s: not a valid PSK handle (%s): copy it again from `p11psk handle ID`",
+               where, rc != P11PSK_HANDLE_OK ? p11psk_handle_strerror(rc) : "early-secret handle");
         return;
     }
     p11psk_hex_encode(h.id, h.idlen, id);
-    snprintf(what, sizeof(what), "uid %lu may use the key with CKA_ID %s", (unsigned long)getuid(),
-             id);
+    snprintf(what, sizeof(what), "uid %lu may use the key with CKA_ID %s%s",
+             (unsigned long)getuid(), id, where);
     if (c == NULL) {
         report(d, 0, "%s: not checked: p11pskd is not reachable or not trusted (above)", what);
         return;
@@ -653,7 +682,8 @@ int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *conf_arg = NULL, *hex = NULL, *hfile = NULL, *sock = NULL;
-    uint8_t hbuf[P11PSK_HANDLE_MAX * 2];
+    uint8_t hbuf[P11PSK_HANDLE_MAX];
+    char *htext = NULL;
     doctor d = {0};
     p11psk_conn c;
     long pid = 0, hlen = 0;
@@ -696,7 +726,12 @@ int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv)
                 p11psk_usage_doctor);
         return 2;
     }
-    if ((hex != NULL || hfile != NULL) && !read_handle(hex, hfile, hbuf, sizeof(hbuf), &hlen))
+    if (hex != NULL && (hlen = p11psk_hex_decode(hex, hbuf, sizeof(hbuf))) <= 0) {
+        fprintf(stderr, "p11psk: --handle takes the handle in hex (64 characters, as `p11psk "
+                        "handle ID` prints it)\n");
+        return 2;
+    }
+    if (hfile != NULL && !read_handle_file(hfile, &htext))
         return 2;
 
     p11psk_conn_init(&c, NULL, 0);
@@ -710,8 +745,13 @@ int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv)
     check_kdfs(&d, STUNNEL_PROPQ, "query \"" STUNNEL_PROPQ "\" (stunnel)");
     up = check_daemon(&d, sock, &c);
     if (hlen > 0)
-        check_handle(&d, up ? &c : NULL, hbuf, (size_t)hlen);
+        check_handle(&d, up ? &c : NULL, hbuf, (size_t)hlen, "");
     OPENSSL_cleanse(hbuf, sizeof(hbuf));
+    if (htext != NULL) {
+        check_handle_lines(&d, up ? &c : NULL, hfile, htext);
+        OPENSSL_cleanse(htext, HANDLE_FILE_MAX + 2); /* the file may hold raw keys too */
+        free(htext);
+    }
     p11psk_conn_close(&c);
     if (pid > 0) {
         check_pid_maps(&d, pid);

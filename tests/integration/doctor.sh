@@ -111,19 +111,23 @@ has "$U denied root's key" \
 grep -q "uid=$UID_U .*op=tls12-prf key=rootkey result=access-denied" "$T/p11pskd.log" &&
     pass "the denied probe is in p11pskd's audit log" || fail "no access-denied line for $U"
 
-# A PSK file line (IDENTITY:HANDLE), a removed key, and a raw key given by mistake.
-printf 'client1:%s\n' "$h_root" >"$T/psk.txt"
+# A PSK file (IDENTITY:HANDLE lines): an allowed key, a removed key, a raw key left behind.
+raw=$(rand_hex 32)
+printf '# stunnel PSKsecrets\nclient1:%s\n\nclient2:%s\nclient3:%s\n' "$h_root" "$h_gone" "$raw" \
+    >"$T/psk.txt"
 doc env OPENSSL_CONF="$T/openssl.cnf" "$BIN/p11psk" doctor --handle-file "$T/psk.txt"
-has "--handle-file with IDENTITY:HANDLE" "ok   uid 0 may use the key with CKA_ID $(id_of "$h_root")"
+rc_is "PSK file with a removed and a raw key" 1
+has "PSK file: allowed key" \
+    "ok   uid 0 may use the key with CKA_ID $(id_of "$h_root") ($T/psk.txt:2, identity 'client1')"
+has "PSK file: removed key not found" \
+    "FAIL uid 0 may use the key with CKA_ID $(id_of "$h_gone") ($T/psk.txt:4, identity 'client2'): key not found"
+has "PSK file: raw key is not a handle" \
+    "FAIL handle ($T/psk.txt:5, identity 'client3'): these 32 bytes are not a p11psk handle (they may be a raw key)"
+if grep -q -i "$raw" "$T/doc.out" "$T/doc.err"; then fail "the raw key was printed"; else
+    pass "the raw key is not printed"; fi
 doc env OPENSSL_CONF="$T/openssl.cnf" "$BIN/p11psk" doctor --handle "$h_gone"
 rc_is "removed key" 1
 has "removed key: not found" "FAIL uid 0 may use the key with CKA_ID $(id_of "$h_gone"): key not found"
-raw=$(rand_hex 32)
-doc env OPENSSL_CONF="$T/openssl.cnf" "$BIN/p11psk" doctor --handle "$raw"
-rc_is "raw key as --handle" 1
-has "raw key is not a handle" "FAIL handle: these 32 bytes are not a p11psk handle (they may be a raw key)"
-grep -q -i "$raw" "$T/doc.out" "$T/doc.err" && fail "the raw key was printed" ||
-    pass "the raw key is not printed"
 
 # --- --pid: s_server with the provider, and one started with OPENSSL_CONF=/dev/null
 # (started directly, not under timeout(1), so $! is openssl itself; killed by PID below)
@@ -160,7 +164,7 @@ grep -q -F "p11psk: --pid takes a process id, not '12x'" "$T/doc.err" && pass "b
     fail "bad --pid: $(cat "$T/doc.err")"
 doc "$BIN/p11psk" doctor --handle xyz
 rc_is "non-hex --handle" 2
-grep -q -F "p11psk: the handle must be hex" "$T/doc.err" && pass "non-hex --handle named" ||
+grep -q -F "p11psk: --handle takes the handle in hex" "$T/doc.err" && pass "non-hex --handle named" ||
     fail "non-hex --handle: $(cat "$T/doc.err")"
 
 # --- --help, and the man page documents every option it shows
