@@ -154,7 +154,10 @@ static void find_provider_section(doctor *d)
     CONF_VALUE *v;
     int i;
 
-    if (provs == NULL || (sk = NCONF_get_section(d->conf, provs)) == NULL)
+    ERR_set_mark();
+    sk = provs != NULL ? NCONF_get_section(d->conf, provs) : NULL;
+    ERR_pop_to_mark();
+    if (sk == NULL)
         return;
     for (i = 0; i < sk_CONF_VALUE_num(sk); i++) {
         v = sk_CONF_VALUE_value(sk, i);
@@ -299,7 +302,7 @@ static void check_provider(doctor *d)
 static void check_kdfs(doctor *d, const char *propq, const char *whose)
 {
     static const char *const algs[] = {"TLS13-KDF", "TLS1-PRF"};
-    char f[PATH_MAX * 4 + 1], s[128], what[160], err[300];
+    char f[PATH_MAX * 4 + 1], s[1200], what[160], err[300], name[256], sect[256];
     const char *from = NULL, *bad = NULL;
     EVP_KDF *kdf;
     SSL_CTX *ctx;
@@ -328,20 +331,21 @@ static void check_kdfs(doctor *d, const char *propq, const char *whose)
         return;
     }
     snprintf(s, sizeof(s), "%s comes from %s%s%s", bad, from != NULL ? "provider '" : "",
-             from != NULL ? from : "no provider", from != NULL ? "'" : "");
+             from != NULL ? esc(from, name, sizeof(name)) : "no provider", from != NULL ? "'" : "");
     esc(d->file, f, sizeof(f));
     if (d->prov == NULL)
         report(d, 0, "%s: %s, so handles are used as raw keys: load the p11psk provider (above)",
                what, s);
     else if (d->alg_sect != NULL)
         report(d, 0, "%s: %s: add `default_properties = " SELECT_PROPS "` to [%s] in %s", what, s,
-               d->alg_sect, f);
+               esc(d->alg_sect, sect, sizeof(sect)), f);
     else
         report(d, 0,
                "%s: %s: add `alg_section = evp_properties` to [%s] and a section "
                "[evp_properties] with `default_properties = " SELECT_PROPS "` to %s (see "
                "conf/openssl-p11psk.cnf)",
-               what, s, d->init_sect != NULL ? d->init_sect : "openssl_init", f);
+               what, s,
+               esc(d->init_sect != NULL ? d->init_sect : "openssl_init", sect, sizeof(sect)), f);
 }
 
 /*
