@@ -66,7 +66,7 @@ static const OSSL_ALGORITHM p11psk_kdfs[] = {
 
 static OSSL_FUNC_core_get_libctx_fn *c_get_libctx;
 static int selection_checked;
-static __thread int in_selection_check;
+static _Thread_local int in_selection_check;
 
 /*
  * Warns once per process when the application's library context would not pick our KDFs
@@ -75,6 +75,9 @@ static __thread int in_selection_check;
  * from the first KDF query: by then the application's alg_section has been applied. The
  * fetch queries us again on this thread, hence the guard; a fetch that fails tells nothing
  * and is retried at the next query.
+ * Only stderr: OpenSSL has no warning level, and any error left on the queue makes
+ * SSL_get_error() turn a non-blocking handshake's "want read" into SSL_ERROR_SSL, which
+ * would break raw-key and certificate connections that work.
  */
 static void check_selected(const P11PSK_PROV_CTX *pc)
 {
@@ -99,7 +102,6 @@ static void check_selected(const P11PSK_PROV_CTX *pc)
     if (__atomic_exchange_n(&selection_checked, 1, __ATOMIC_ACQ_REL) || ours)
         return;
     fprintf(stderr, "p11psk: %s\n", warning);
-    P11PSK_RAISE(pc, P11PSK_R_BAD_CONFIG, "%s", warning);
 }
 
 static const OSSL_ALGORITHM *p11psk_query(void *provctx, int operation_id, int *no_cache)
