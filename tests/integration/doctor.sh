@@ -7,9 +7,8 @@
 # Also the provider's own warning when default_properties do not select it.
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || skip "needs root: a throwaway user, and a p11pskd running as root"
-U=p11psk-it-doc
+U=p11psk-it-doc-$$ # unique: tests of other checkouts may run at the same time
 cleanup_user() { userdel "$U" 2>/dev/null || true; }
-cleanup_user # leftovers of an interrupted run
 ON_EXIT+=(cleanup_user)
 useradd -M -N -s /usr/sbin/nologin "$U"
 UID_U=$(id -u "$U")
