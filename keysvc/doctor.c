@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -242,15 +243,25 @@ static int find_p11psk(OSSL_PROVIDER *prov, void *arg)
 }
 
 /*
- * Why the module may not load, for the fix text: the file it names is missing or unreadable
- * (OpenSSL 3.0 loads providers from openssl.cnf without raising an error when that fails).
+ * Why the provider may not be loaded, for the fix text: no activate, or the module file is
+ * missing or unreadable (OpenSSL 3.0 raises no error when openssl.cnf names a bad module).
  */
-static void module_file_note(const doctor *d, char *out, size_t cap)
+static void not_loaded_note(const doctor *d, char *out, size_t cap)
 {
+    static const char *const yes[] = {"1", "yes", "true", "on"};
+    const char *act = conf_str(d, d->prov_sect, "activate");
     const char *dir = getenv("OPENSSL_MODULES");
     char path[PATH_MAX], safe[PATH_MAX * 4 + 1];
+    size_t i;
 
     out[0] = '\0';
+    for (i = 0; act != NULL && i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (strcasecmp(act, yes[i]) == 0)
+            break;
+    if (act == NULL || i == sizeof(yes) / sizeof(yes[0])) {
+        snprintf(out, cap, " (its section has no `activate = 1`)");
+        return;
+    }
     if (d->module == NULL || d->module[0] == '\0') {
         snprintf(out, cap, " (its section has no `module =` line)");
         return;
@@ -289,7 +300,7 @@ static void check_provider(doctor *d)
                f);
         return;
     }
-    module_file_note(d, why, sizeof(why));
+    not_loaded_note(d, why, sizeof(why));
     report(d, 0,
            "p11psk provider loaded: it is not%s: check `module = %s` (a path, or a file in "
            "libcrypto's modules directory %s) and `activate = 1` in [%s] of %s",
@@ -582,6 +593,20 @@ static void check_handle(doctor *d, p11psk_conn *c, const uint8_t *buf, size_t l
         report(d, 0, "%s: %s: %s", what, p11psk_status_str(st), msg);
 }
 
+/* A maps line's file name (maybe followed by " (deleted)"): p11psk.so or the configured one. */
+static int mapped_is_provider(const doctor *d, const char *base)
+{
+    const char *mod = d->module != NULL && strrchr(d->module, '/') != NULL
+                          ? strrchr(d->module, '/') + 1
+                          : d->module;
+    size_t n;
+
+    if (strncmp(base, "p11psk.so", 9) == 0 && (base[9] == '\0' || base[9] == ' '))
+        return 1;
+    n = mod != NULL ? strlen(mod) : 0;
+    return n > 0 && strncmp(base, mod, n) == 0 && (base[n] == '\0' || base[n] == ' ');
+}
+
 /* Is p11psk.so mapped into the process? */
 static void check_pid_maps(doctor *d, long pid)
 {
@@ -603,7 +628,7 @@ static void check_pid_maps(doctor *d, long pid)
         if ((p = strchr(line, '/')) == NULL)
             continue;
         base = strrchr(p, '/') + 1;
-        if (strncmp(base, "p11psk.so", 9) == 0 && (base[9] == '\0' || base[9] == ' '))
+        if (mapped_is_provider(d, base))
             esc(p, mapped, sizeof(mapped));
     }
     fclose(fp);

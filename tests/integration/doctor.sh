@@ -70,6 +70,12 @@ has "wrong module: activate named" "and \`activate = 1\` in [p11psk_sect] of $T/
 has "wrong module: handles as raw keys" \
     "FAIL TLS13-KDF and TLS1-PRF come from p11psk with the default properties (most applications): TLS13-KDF comes from provider 'default', so handles are used as raw keys"
 
+sed '/^\[p11psk_sect\]/,/^\[/{/^activate/d}' "$T/openssl.cnf" >"$T/noact.cnf"
+doc "$BIN/p11psk" doctor --openssl-conf "$T/noact.cnf"
+rc_is "provider not activated" 1
+has "no activate: fix named" \
+    "FAIL p11psk provider loaded: it is not (its section has no \`activate = 1\`): check"
+
 # --- (b) no default_properties; then no alg_section either
 sed '/^default_properties/d' "$T/openssl.cnf" >"$T/nodp.cnf"
 doc "$BIN/p11psk" doctor --openssl-conf "$T/nodp.cnf"
