@@ -756,6 +756,7 @@ int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv)
         return 2;
     }
     if (hex != NULL && (hlen = p11psk_hex_decode(hex, hbuf, sizeof(hbuf))) <= 0) {
+        OPENSSL_cleanse(hbuf, sizeof(hbuf));
         fprintf(stderr, "p11psk: --handle takes the handle in hex (64 characters, as `p11psk "
                         "handle ID` prints it)\n");
         return 2;
@@ -764,31 +765,33 @@ int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv)
         return 2;
 
     p11psk_conn_init(&c, NULL, 0);
-    if ((d.lc = OSSL_LIB_CTX_new()) == NULL) {
+    if ((d.lc = OSSL_LIB_CTX_new()) != NULL) {
+        load_openssl_conf(&d, conf_arg);
+        check_provider(&d);
+        check_kdfs(&d, NULL, "the default properties (most applications)");
+        check_kdfs(&d, STUNNEL_PROPQ, "query \"" STUNNEL_PROPQ "\" (stunnel)");
+        up = check_daemon(&d, sock, &c);
+        if (hlen > 0)
+            check_handle(&d, up ? &c : NULL, hbuf, (size_t)hlen, "");
+        if (htext != NULL)
+            check_handle_lines(&d, up ? &c : NULL, hfile, htext);
+        p11psk_conn_close(&c);
+        if (pid > 0) {
+            check_pid_maps(&d, pid);
+            check_pid_environ(&d, pid, conf_arg != NULL);
+        }
+    } else {
         fprintf(stderr, "p11psk: out of memory\n");
-        return 1;
+        d.fails++;
     }
-    load_openssl_conf(&d, conf_arg);
-    check_provider(&d);
-    check_kdfs(&d, NULL, "the default properties (most applications)");
-    check_kdfs(&d, STUNNEL_PROPQ, "query \"" STUNNEL_PROPQ "\" (stunnel)");
-    up = check_daemon(&d, sock, &c);
-    if (hlen > 0)
-        check_handle(&d, up ? &c : NULL, hbuf, (size_t)hlen, "");
     OPENSSL_cleanse(hbuf, sizeof(hbuf));
     if (htext != NULL) {
-        check_handle_lines(&d, up ? &c : NULL, hfile, htext);
         OPENSSL_cleanse(htext, HANDLE_FILE_MAX + 2); /* the file may hold raw keys too */
         free(htext);
-    }
-    p11psk_conn_close(&c);
-    if (pid > 0) {
-        check_pid_maps(&d, pid);
-        check_pid_environ(&d, pid, conf_arg != NULL);
     }
     NCONF_free(d.conf);
     OPENSSL_free(d.file_alloc);
     OSSL_LIB_CTX_free(d.lc);
-    (void)cfg;
+    (void)cfg; /* p11pskd.conf is not read: doctor checks what applications see */
     return d.fails == 0 ? 0 : 1;
 }
