@@ -1,4 +1,5 @@
-/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rotate, rm, migrate, status). */
+/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rotate, rm, migrate, status,
+ * doctor). */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -38,6 +39,8 @@ static const char usage_main[] =
     "                                                      token, leave handles in the file\n"
     "  status [--json]                                     p11pskd's health and counters\n"
     "  metrics                                             the same for Prometheus\n"
+    "  doctor [--openssl-conf F] [--handle HEX] [--pid N]  check that an application really\n"
+    "                                                      uses the p11psk provider\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE  configuration file (default $" P11PSK_CONF_ENV " or " P11PSK_DEFAULT_CONF
@@ -804,7 +807,7 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(const p11psk_config *cfg, int argc, char **argv);
         const char *usage;
-        int daemon; /* talks to p11pskd only */
+        int daemon; /* talks to p11pskd only; 2: never reads the configuration file */
     } cmds[] = {
         {"add", cmd_add, usage_add, 0},
         {"handle", cmd_handle, usage_handle, 0},
@@ -814,6 +817,7 @@ int main(int argc, char **argv)
         {"migrate", p11psk_cli_migrate, p11psk_usage_migrate, 0},
         {"status", p11psk_cli_status, p11psk_usage_status, 1},
         {"metrics", p11psk_cli_metrics, p11psk_usage_metrics, 1},
+        {"doctor", p11psk_cli_doctor, p11psk_usage_doctor, 2},
     };
     const char *conf_arg = NULL;
     p11psk_config cfg;
@@ -850,7 +854,7 @@ int main(int argc, char **argv)
             fputs(cmds[i].usage, stdout);
             return 0;
         }
-    if (cmds[i].daemon && socket_given(argc, argv)) {
+    if (cmds[i].daemon == 2 || (cmds[i].daemon && socket_given(argc, argv))) {
         /* An unprivileged user may ask for the status without reading p11pskd.conf. */
         memset(&cfg, 0, sizeof(cfg));
         return cmds[i].fn(&cfg, argc, argv);

@@ -1,4 +1,4 @@
-/* Shared between the CLI's command files (cli.c, migrate.c, status.c). */
+/* Shared between the CLI's command files (cli.c, migrate.c, status.c, doctor.c). */
 #ifndef P11PSK_KEYSVC_CLI_H
 #define P11PSK_KEYSVC_CLI_H
 
@@ -36,5 +36,7 @@ extern const char p11psk_usage_status[];
 int p11psk_cli_status(const p11psk_config *cfg, int argc, char **argv);
 extern const char p11psk_usage_metrics[];
 int p11psk_cli_metrics(const p11psk_config *cfg, int argc, char **argv);
+extern const char p11psk_usage_doctor[];
+int p11psk_cli_doctor(const p11psk_config *cfg, int argc, char **argv);
 
 #endif

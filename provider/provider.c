@@ -14,7 +14,9 @@
 #include <sys/un.h>
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/params.h>
+#include <openssl/provider.h>
 
 #include "p11psk/client.h"
 
@@ -62,9 +64,51 @@ static const OSSL_ALGORITHM p11psk_kdfs[] = {
      "TLS 1.0-1.2 PRF accepting p11psk PSK handles"},
     {NULL, NULL, NULL, NULL}};
 
+static OSSL_FUNC_core_get_libctx_fn *c_get_libctx;
+static int selection_checked;
+static _Thread_local int in_selection_check;
+
+/*
+ * Warns once per process when the application's library context would not pick our KDFs
+ * (no `default_properties = ?p11psk.handles=yes`): libssl would then use handles as raw keys.
+ * OpenSSL 3.0 cannot show a context's default properties, so this asks the context itself,
+ * from the first KDF query: by then the application's alg_section has been applied. The
+ * fetch queries us again on this thread, hence the guard; a fetch that fails tells nothing
+ * and is retried at the next query.
+ * Only stderr: OpenSSL has no warning level, and any error left on the queue makes
+ * SSL_get_error() turn a non-blocking handshake's "want read" into SSL_ERROR_SSL, which
+ * would break raw-key and certificate connections that work.
+ */
+static void check_selected(const P11PSK_PROV_CTX *pc)
+{
+    static const char warning[] =
+        "default_properties of this library context do not select p11psk (add "
+        "default_properties = ?p11psk.handles=yes); applications may use handles as raw keys";
+    EVP_KDF *kdf;
+    int ours;
+
+    if (in_selection_check || c_get_libctx == NULL ||
+        __atomic_load_n(&selection_checked, __ATOMIC_ACQUIRE))
+        return;
+    in_selection_check = 1;
+    ERR_set_mark();
+    kdf = EVP_KDF_fetch((OSSL_LIB_CTX *)c_get_libctx(pc->handle), "TLS13-KDF", NULL);
+    ERR_pop_to_mark();
+    in_selection_check = 0;
+    if (kdf == NULL)
+        return;
+    ours = OSSL_PROVIDER_get0_provider_ctx(EVP_KDF_get0_provider(kdf)) == pc;
+    EVP_KDF_free(kdf);
+    if (__atomic_exchange_n(&selection_checked, 1, __ATOMIC_ACQ_REL) || ours)
+        return;
+    fprintf(stderr, "p11psk: %s\n", warning);
+}
+
 static const OSSL_ALGORITHM *p11psk_query(void *provctx, int operation_id, int *no_cache)
 {
     *no_cache = 0;
+    if (operation_id == OSSL_OP_KDF)
+        check_selected(provctx);
     return operation_id == OSSL_OP_KDF ? p11psk_kdfs : NULL;
 }
 
@@ -192,10 +236,14 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                                                               void **provctx)
 {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    const OSSL_DISPATCH *d;
     P11PSK_PROV_CTX *pc;
     int timeout_ms;
 
     p11psk_err_init(in);
+    for (d = in; d->function_id != 0; d++)
+        if (d->function_id == OSSL_FUNC_CORE_GET_LIBCTX)
+            c_get_libctx = OSSL_FUNC_core_get_libctx(d);
     pc = OPENSSL_zalloc(sizeof(*pc));
     if (pc == NULL)
         return 0;
