@@ -798,6 +798,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     static const struct {
@@ -823,13 +824,16 @@ int main(int argc, char **argv)
 
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     opterr = 0; /* our own messages, prefixed "p11psk: " */
-    while ((opt = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_arg = optarg;
             break;
         case 'h':
             fputs(usage_main, stdout);
+            return 0;
+        case 'V':
+            printf("p11psk %s\n", P11PSK_VERSION);
             return 0;
         default:
             die_usage(usage_main, "unknown option '%s'", argv[optind - 1]);

@@ -1133,6 +1133,13 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
+static p11psk_reload_hook reload_hook;
+
+void p11psk_server_set_reload_hook(p11psk_reload_hook hook)
+{
+    reload_hook = hook;
+}
+
 /* SIGHUP: a new ACL, policy, log level and limits, without dropping connections. What needs
  * a restart (module, token, PIN source, socket, threads) is kept, with a warning. */
 static void server_reload(server *s)
@@ -1141,8 +1148,12 @@ static void server_reload(server *s)
     p11psk_acl old;
     char err[600];
 
+    if (reload_hook != NULL)
+        reload_hook(0, NULL);
     if (!p11psk_config_load(cur->path, &nc, err, sizeof(err))) {
         p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
+        if (reload_hook != NULL)
+            reload_hook(1, err);
         return;
     }
     if (!same_str(nc.module, cur->module) || !same_str(nc.token_uri, cur->token_uri) ||
@@ -1172,6 +1183,8 @@ static void server_reload(server *s)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cur->path);
     p11psk_config_free(&nc);
+    if (reload_hook != NULL)
+        reload_hook(1, NULL);
 }
 
 /* ---- run ---- */
