@@ -136,8 +136,9 @@ int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 
 
     if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX) {
         fprintf(stderr,
-                "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: re-import it "
-                "with a shorter --id (e.g. softhsm2-util --import ... --id 0102)\n",
+                "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: give it a "
+                "shorter one in place, e.g. pkcs11-tool --module MODULE --token-label TOKEN "
+                "--login --type secrkey --label LABEL --set-id 0102\n",
                 k->label, k->idlen, P11PSK_ID_MAX);
         return 0;
     }
