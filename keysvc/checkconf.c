@@ -132,8 +132,7 @@ static unsigned find_key(const lines *l, const char *key)
     return found;
 }
 
-static void problem(const char *path, unsigned line, const char *what, const char *file,
-                    int errnum)
+static void problem(const char *path, unsigned line, const char *what, const char *file, int errnum)
 {
     if (line > 0)
         fprintf(stderr, "%s:%u: ", path, line);
@@ -148,8 +147,8 @@ static int check_files(const char *path, const lines *l, const p11psk_config *cf
     int ok = 1;
 
     if (cfg->pin_source != NULL) {
-        const char *pin = strncmp(cfg->pin_source, "file:", 5) == 0 ? cfg->pin_source + 5
-                                                                   : cfg->pin_source;
+        const char *pin =
+            strncmp(cfg->pin_source, "file:", 5) == 0 ? cfg->pin_source + 5 : cfg->pin_source;
 
         if (access(pin, R_OK) != 0) {
             problem(path, find_key(l, "pin-source"), "PIN file", pin, errno);

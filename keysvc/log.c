@@ -13,7 +13,7 @@
 
 static struct {
     int use_syslog;
-    int journal; /* stderr is systemd's journal stream */
+    int journal;      /* stderr is systemd's journal stream */
     atomic_int level; /* changed by SIGHUP while workers log */
     char ident[32];
 } log_state = {0, 0, P11PSK_LOG_INFO, "p11pskd"};

@@ -142,15 +142,18 @@ static int activated_socket(char *err, size_t errlen)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     if (strcmp(fds, "1") != 0) {
-        snprintf(err, errlen, "systemd passed %s sockets; p11pskd.socket must have exactly one "
-                              "ListenStream=", fds);
+        snprintf(err, errlen,
+                 "systemd passed %s sockets; p11pskd.socket must have exactly one "
+                 "ListenStream=",
+                 fds);
         return -2;
     }
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM ||
         getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
         getsockname(fd, (struct sockaddr *)&sa, &salen) != 0 || sa.sun_family != AF_UNIX) {
-        snprintf(err, errlen, "the socket from systemd is not a listening unix stream socket; use "
-                              "ListenStream=/run/p11psk/p11psk.sock");
+        snprintf(err, errlen,
+                 "the socket from systemd is not a listening unix stream socket; use "
+                 "ListenStream=/run/p11psk/p11psk.sock");
         return -2;
     }
     fl = fcntl(fd, F_GETFL);
@@ -168,7 +171,8 @@ static void sd_notify_msg(const char *msg)
     size_t n;
     int fd;
 
-    if (path == NULL || (path[0] != '/' && path[0] != '@') || (n = strlen(path)) >= sizeof(sa.sun_path))
+    if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+        (n = strlen(path)) >= sizeof(sa.sun_path))
         return;
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
@@ -223,12 +227,9 @@ static void on_reload(int done, const char *err)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"foreground", no_argument, NULL, 'f'},
-        {"check-config", no_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+        {"check-config", no_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *conf_arg = NULL;
     char err[512];
@@ -312,9 +313,10 @@ int main(int argc, char **argv)
         if (p11psk_token_prefetch(tok, &nkeys, &terr) == P11PSK_ST_OK) {
             have_nkeys = 1;
             clock_gettime(CLOCK_MONOTONIC, &t1);
-            p11psk_log(P11PSK_LOG_INFO, "%zu keys in token '%s' (looked up in %ld ms)", nkeys,
-                       p11psk_token_label(tok),
-                       (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+            p11psk_log(
+                P11PSK_LOG_INFO, "%zu keys in token '%s' (looked up in %ld ms)", nkeys,
+                p11psk_token_label(tok),
+                (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
         } else {
             p11psk_log(P11PSK_LOG_WARN, "cannot list the token's keys: %s", terr.msg);
         }
