@@ -254,10 +254,11 @@ else
 fi
 left=()
 while IFS= read -r f; do
-    # Shared directories (/usr, /etc, ...) stay; what only this package made must go.
-    if [ -f "$f" ] || [ -L "$f" ]; then
-        left+=("$f")
-    elif [ -d "$f" ] && [[ $f == *p11psk* ]]; then
+    # Shared directories (/usr, /etc, the /lib symlink ...) stay; what only this package
+    # made must go.
+    if [ -d "$f" ]; then
+        if [[ $f == *p11psk* ]]; then left+=("$f"); fi
+    elif [ -e "$f" ] || [ -L "$f" ]; then
         left+=("$f")
     fi
 done <"$W/files.list"
