@@ -74,11 +74,11 @@ with open(sys.argv[2], "a") as out:
             break
 EOP
 : >"$T/notify.log"
-python3 "$T/notify.py" "$T/notify.sock" "$T/notify.log" &
+env -u LD_PRELOAD python3 "$T/notify.py" "$T/notify.sock" "$T/notify.log" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$T/notify.sock" ] && break; sleep 0.05; done
-JOURNAL_STREAM=$js NOTIFY_SOCKET=$T/notify.sock \
-    "$BIN/p11pskd" --config "$T/journal.conf" --foreground 2>>"$T/journal.log" &
+ASAN_OPTIONS=${P11PSK_OWN_ASAN_OPTIONS:-${ASAN_OPTIONS:-}} JOURNAL_STREAM=$js \
+    NOTIFY_SOCKET=$T/notify.sock "$BIN/p11pskd" --config "$T/journal.conf" --foreground 2>>"$T/journal.log" &
 JPID=$!
 PIDS+=("$JPID")
 for _ in $(seq 100); do grep -q READY=1 "$T/notify.log" && break; sleep 0.05; done
