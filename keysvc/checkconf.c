@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +26,15 @@ static void lines_free(lines *l)
 {
     size_t i;
 
-    for (i = 0; i < l->n; i++)
+    for (i = 0; i < l->n; i++) {
+        if (l->line[i] != NULL) /* an RFC 7512 URI may carry a pin-value */
+            OPENSSL_cleanse(l->line[i], strlen(l->line[i]));
         free(l->line[i]);
+    }
     free(l->line);
 }
 
-/* Reads the file line by line (a PIN may sit in a token URI: the copy stays in memory). */
+/* Reads the file line by line into memory, never into a file on disk. */
 static int lines_read(const char *path, lines *l)
 {
     FILE *f = fopen(path, "re");
@@ -192,6 +196,7 @@ int p11psk_check_config(const char *path)
         line = report(path, copy, err);
         if (line == 0 || line > l.n || l.line[line - 1] == NULL)
             break; /* not a line's fault: nothing more to learn */
+        OPENSSL_cleanse(l.line[line - 1], strlen(l.line[line - 1]));
         free(l.line[line - 1]);
         l.line[line - 1] = NULL;
     }
