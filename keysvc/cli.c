@@ -139,8 +139,9 @@ int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 
 
     if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX) {
         fprintf(stderr,
-                "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: re-import it "
-                "with a shorter --id (e.g. softhsm2-util --import ... --id 0102)\n",
+                "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: give it a "
+                "shorter one in place, e.g. pkcs11-tool --module MODULE --token-label TOKEN "
+                "--login --type secrkey --label LABEL --set-id 0102\n",
                 k->label, k->idlen, P11PSK_ID_MAX);
         return 0;
     }
@@ -801,6 +802,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     static const struct {
@@ -827,13 +829,16 @@ int main(int argc, char **argv)
 
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     opterr = 0; /* our own messages, prefixed "p11psk: " */
-    while ((opt = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_arg = optarg;
             break;
         case 'h':
             fputs(usage_main, stdout);
+            return 0;
+        case 'V':
+            printf("p11psk %s\n", P11PSK_VERSION);
             return 0;
         default:
             die_usage(usage_main, "unknown option '%s'", argv[optind - 1]);

@@ -3,7 +3,9 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <syslog.h>
 #include <time.h>
@@ -11,9 +13,10 @@
 
 static struct {
     int use_syslog;
+    int journal;      /* stderr is systemd's journal stream */
     atomic_int level; /* changed by SIGHUP while workers log */
     char ident[32];
-} log_state = {0, P11PSK_LOG_INFO, "p11pskd"};
+} log_state = {0, 0, P11PSK_LOG_INFO, "p11pskd"};
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -32,11 +35,27 @@ const char *p11psk_log_level_name(int level)
     return level >= 0 && level <= P11PSK_LOG_DEBUG ? level_names[level] : "?";
 }
 
+/* systemd names the journal stream it connected in JOURNAL_STREAM=DEV:INO; a check of stderr
+ * against it tells a child's redirected stderr apart (sd_journal_stream_fd(3)). */
+static int stderr_is_journal(void)
+{
+    const char *e = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    char end;
+
+    if (e == NULL || sscanf(e, "%llu:%llu%c", &dev, &ino, &end) != 2 ||
+        fstat(STDERR_FILENO, &st) != 0)
+        return 0;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 void p11psk_log_open(const char *ident, int use_syslog, int level)
 {
     snprintf(log_state.ident, sizeof(log_state.ident), "%s", ident);
     log_state.use_syslog = use_syslog;
     log_state.level = level;
+    log_state.journal = !use_syslog && stderr_is_journal();
     if (use_syslog)
         openlog(log_state.ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
@@ -65,14 +84,24 @@ void p11psk_log(int level, const char *fmt, ...)
     struct timeval tv;
     struct tm tm;
     va_list ap;
+    size_t n;
 
     if (!p11psk_log_enabled(level))
         return;
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    /* One entry per call: a control character in a peer-supplied string cannot start a
+     * forged line. */
+    for (n = 0; line[n] != '\0'; n++)
+        if ((unsigned char)line[n] < 0x20 || line[n] == 0x7f)
+            line[n] = '?';
     if (log_state.use_syslog) {
         syslog(prio[level], "%s", line);
+        return;
+    }
+    if (log_state.journal) { /* the journal adds time, name and pid; "<N>" sets the priority */
+        fprintf(stderr, "<%d>%s: %s\n", prio[level], level_names[level], line);
         return;
     }
     gettimeofday(&tv, NULL);

@@ -1,4 +1,5 @@
-/* Daemon logging: stderr in the foreground, syslog once daemonized. Never key bytes. */
+/* Daemon logging: stderr in the foreground (the journal under systemd), syslog once
+ * daemonized. Never key bytes. */
 #ifndef P11PSK_KEYSVC_LOG_H
 #define P11PSK_KEYSVC_LOG_H
 
@@ -13,7 +14,8 @@ enum p11psk_log_level {
 int p11psk_log_level_from_name(const char *name);
 const char *p11psk_log_level_name(int level);
 
-/* use_syslog: 0 = stderr with a timestamp, 1 = syslog(LOG_DAEMON) as ident. */
+/* use_syslog: 0 = stderr with a timestamp (or, when stderr is systemd's journal stream, a
+ * "<N>" syslog priority prefix and no timestamp), 1 = syslog(LOG_DAEMON) as ident. */
 void p11psk_log_open(const char *ident, int use_syslog, int level);
 void p11psk_log_close(void);
 void p11psk_log_set_level(int level); /* SIGHUP reload */

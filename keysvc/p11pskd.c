@@ -13,8 +13,10 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "checkconf.h"
 #include "config.h"
 #include "ladder.h"
 #include "log.h"
@@ -25,7 +27,8 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: p11pskd [--config FILE] [--foreground] [--help] [--version]\n"
+    fprintf(f, "Usage: p11pskd [--config FILE] [--foreground] [--check-config] [--help] "
+               "[--version]\n"
                "\n"
                "Serves TLS pre-shared-key derivations to the p11psk OpenSSL provider from keys\n"
                "kept in a PKCS#11 token.\n"
@@ -33,6 +36,9 @@ static void usage(FILE *f)
                "  -c, --config FILE  configuration file (default $" P11PSK_CONF_ENV
                " or " P11PSK_DEFAULT_CONF ")\n"
                "  -f, --foreground   stay in the foreground and log to stderr\n"
+               "  -t, --check-config check the configuration (ACL users and groups, PIN file,\n"
+               "                     module) without opening the token or the socket; print\n"
+               "                     each problem as FILE:LINE: message, exit 1 if any\n"
                "  -h, --help         show this help\n"
                "  -V, --version      show the version\n");
 }
@@ -136,15 +142,18 @@ static int activated_socket(char *err, size_t errlen)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     if (strcmp(fds, "1") != 0) {
-        snprintf(err, errlen, "systemd passed %s sockets; p11pskd.socket must have exactly one "
-                              "ListenStream=", fds);
+        snprintf(err, errlen,
+                 "systemd passed %s sockets; p11pskd.socket must have exactly one "
+                 "ListenStream=",
+                 fds);
         return -2;
     }
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM ||
         getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
         getsockname(fd, (struct sockaddr *)&sa, &salen) != 0 || sa.sun_family != AF_UNIX) {
-        snprintf(err, errlen, "the socket from systemd is not a listening unix stream socket; use "
-                              "ListenStream=/run/p11psk/p11psk.sock");
+        snprintf(err, errlen,
+                 "the socket from systemd is not a listening unix stream socket; use "
+                 "ListenStream=/run/p11psk/p11psk.sock");
         return -2;
     }
     fl = fcntl(fd, F_GETFL);
@@ -162,7 +171,8 @@ static void sd_notify_msg(const char *msg)
     size_t n;
     int fd;
 
-    if (path == NULL || (path[0] != '/' && path[0] != '@') || (n = strlen(path)) >= sizeof(sa.sun_path))
+    if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+        (n = strlen(path)) >= sizeof(sa.sun_path))
         return;
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
@@ -178,14 +188,48 @@ static void sd_notify_msg(const char *msg)
     close(fd);
 }
 
+/* STATUS= for `systemctl status`; kept to one line. */
+static char status_line[400];
+
+static void notify_status(const char *state, const char *status)
+{
+    char msg[600];
+    size_t i, n;
+
+    n = (size_t)snprintf(msg, sizeof(msg), "%sSTATUS=", state);
+    /* A newline in a token label or a path would start another assignment. */
+    for (i = 0; status[i] != '\0' && n < sizeof(msg) - 1; i++, n++)
+        msg[n] = (unsigned char)status[i] < 0x20 ? '?' : status[i];
+    msg[n] = '\0';
+    sd_notify_msg(msg);
+}
+
+/* systemd 253+ wants MONOTONIC_USEC= with RELOADING=1 to tell reloads apart; 252 ignores it. */
+static void on_reload(int done, const char *err)
+{
+    struct timespec ts;
+    char msg[700];
+
+    if (!done) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+                 (unsigned long long)ts.tv_sec * 1000000ULL +
+                     (unsigned long long)ts.tv_nsec / 1000ULL);
+        sd_notify_msg(msg);
+    } else if (err != NULL) {
+        snprintf(msg, sizeof(msg), "reload refused, running the previous configuration: %s", err);
+        notify_status("READY=1\n", msg);
+    } else {
+        notify_status("READY=1\n", status_line);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"foreground", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+        {"check-config", no_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *conf_arg = NULL;
     char err[512];
@@ -195,17 +239,21 @@ int main(int argc, char **argv)
     p11psk_ladder *lad = NULL;
     p11psk_cache *cache = NULL;
     p11psk_err terr;
-    int fg = 0, opt, lfd, rc = 1, activated = 0;
+    size_t nkeys = 0;
+    int fg = 0, check = 0, have_nkeys = 0, opt, lfd, rc = 1, activated = 0;
 
     /* The global openssl.cnf may load the p11psk provider; this process never needs it. */
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
-    while ((opt = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:fthV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_arg = optarg;
             break;
         case 'f':
             fg = 1;
+            break;
+        case 't':
+            check = 1;
             break;
         case 'h':
             usage(stdout);
@@ -223,6 +271,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (check)
+        return p11psk_check_config(p11psk_config_path(conf_arg)) ? 0 : 1;
     if (!p11psk_config_load(p11psk_config_path(conf_arg), &cfg, err, sizeof(err))) {
         fprintf(stderr, "p11pskd: %s\n", err);
         return 1;
@@ -258,14 +308,15 @@ int main(int argc, char **argv)
     }
     {
         struct timespec t0, t1;
-        size_t nkeys = 0;
 
         clock_gettime(CLOCK_MONOTONIC, &t0);
         if (p11psk_token_prefetch(tok, &nkeys, &terr) == P11PSK_ST_OK) {
+            have_nkeys = 1;
             clock_gettime(CLOCK_MONOTONIC, &t1);
-            p11psk_log(P11PSK_LOG_INFO, "%zu keys in token '%s' (looked up in %ld ms)", nkeys,
-                       p11psk_token_label(tok),
-                       (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+            p11psk_log(
+                P11PSK_LOG_INFO, "%zu keys in token '%s' (looked up in %ld ms)", nkeys,
+                p11psk_token_label(tok),
+                (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
         } else {
             p11psk_log(P11PSK_LOG_WARN, "cannot list the token's keys: %s", terr.msg);
         }
@@ -279,12 +330,20 @@ int main(int argc, char **argv)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cfg.path);
     startup_done(NULL);
-    sd_notify_msg("READY=1");
+    if (have_nkeys)
+        snprintf(status_line, sizeof(status_line), "serving token '%s' (%zu keys) on %s",
+                 p11psk_token_label(tok), nkeys, cfg.socket);
+    else
+        snprintf(status_line, sizeof(status_line), "serving token '%s' on %s",
+                 p11psk_token_label(tok), cfg.socket);
+    notify_status("READY=1\n", status_line);
+    p11psk_server_set_reload_hook(on_reload);
     rc = p11psk_server_run(&cfg, tok, lad, cache, lfd) == 0 ? 0 : 1;
     sd_notify_msg("STOPPING=1");
     goto cleanup;
 fail:
     p11psk_log(P11PSK_LOG_ERROR, "%s", err);
+    notify_status("", err);
     startup_done(err);
 cleanup:
     close(lfd);

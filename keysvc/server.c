@@ -18,6 +18,13 @@ static int str_is_same(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
+static p11psk_reload_hook reload_hook;
+
+void p11psk_server_set_reload_hook(p11psk_reload_hook hook)
+{
+    reload_hook = hook;
+}
+
 /* SIGHUP: a new ACL, policy, log level and limits, without dropping connections. What needs
  * a restart (module, token, PIN source, socket, threads) is kept, with a warning. */
 static void server_reload(server *s)
@@ -26,8 +33,12 @@ static void server_reload(server *s)
     p11psk_acl old;
     char err[600];
 
+    if (reload_hook != NULL)
+        reload_hook(0, NULL);
     if (!p11psk_config_load(cur->path, &nc, err, sizeof(err))) {
         p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
+        if (reload_hook != NULL)
+            reload_hook(1, err);
         return;
     }
     if (!str_is_same(nc.module, cur->module) || !str_is_same(nc.token_uri, cur->token_uri) ||
@@ -57,6 +68,8 @@ static void server_reload(server *s)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cur->path);
     p11psk_config_free(&nc);
+    if (reload_hook != NULL)
+        reload_hook(1, NULL);
 }
 
 /* ---- run ---- */

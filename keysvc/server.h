@@ -26,6 +26,13 @@ unsigned p11psk_server_threads(const p11psk_config *cfg);
  * and the running configuration kept. Call with SIGTERM, SIGINT and SIGHUP unblocked in no
  * other thread.
  */
+/*
+ * Called on the signal thread before a SIGHUP reload (done = 0) and after it (done = 1, err
+ * NULL when applied, else why the file was refused); p11pskd tells systemd.
+ */
+typedef void (*p11psk_reload_hook)(int done, const char *err);
+void p11psk_server_set_reload_hook(p11psk_reload_hook hook);
+
 int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
                       p11psk_cache *cache, int listen_fd);
 
