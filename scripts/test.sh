@@ -4,7 +4,8 @@
 #   1. clang build, warnings are errors;
 #   2. gcc build: unit and integration tests;
 #   3. gcc ASan+UBSan build: the same suites (valgrind and gcore tests skip themselves);
-#   4. clang libFuzzer build: each fuzzer for P11PSK_FUZZ_SECONDS (default 30).
+#   4. clang libFuzzer build: each fuzzer for P11PSK_FUZZ_SECONDS (default 30);
+#   5. scripts/pkgtest.sh: Debian package built, linted, installed, used, purged (as root).
 # P11PSK_QUICK=1 runs only steps 0 and 2. P11PSK_LINT=0 skips step 0.
 set -euo pipefail
 P11PSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,3 +47,6 @@ CC=clang p11psk_build "$P11PSK_ROOT/build-fuzz" -DP11PSK_TESTS=ON -DP11PSK_FUZZ=
     -DP11PSK_FUZZ_SECONDS="${P11PSK_FUZZ_SECONDS:-30}"
 ctest --test-dir "$P11PSK_ROOT/build-fuzz" -L fuzz --output-on-failure -V -j "$JOBS" |
     grep -E '^[0-9]+: p11psk-fuzz-|Test +#|tests passed|FAILED'
+
+echo "== Debian package: build from a clean clone, lintian, install, demo, units, purge"
+"$P11PSK_ROOT/scripts/pkgtest.sh"
