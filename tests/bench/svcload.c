@@ -54,19 +54,20 @@ static int bench_token_open(const char *conf, p11psk_config *cfg, p11psk_token *
     return 1;
 }
 
-/* The PSK handle of key k, tagged with the token's handle key (created if missing). */
+/* The PSK handle of key k, tagged with the token's handle key (created if missing). mk is
+ * derived once per bench run: every run opens the same configured token. */
 static int key_handle(p11psk_token *tok, const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
 {
-    p11psk_handlekey *hk = p11psk_handlekey_new();
+    static p11psk_handlekey *hk;
     p11psk_err err;
-    int ok = 0;
 
-    if (hk != NULL && p11psk_handlekey_load(hk, tok, 1, &err) == P11PSK_ST_OK)
-        ok = p11psk_handlekey_make(hk, k->id, k->idlen, out) == 0; /* 1: made */
-    else if (hk != NULL)
+    if (hk == NULL && (hk = p11psk_handlekey_new()) == NULL)
+        return 0;
+    if (!p11psk_handlekey_ready(hk) && p11psk_handlekey_load(hk, tok, 1, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk-bench: handle key: %s\n", err.msg);
-    p11psk_handlekey_free(hk);
-    return ok;
+        return 0;
+    }
+    return p11psk_handlekey_make(hk, k->id, k->idlen, out) == 0; /* 1: made */
 }
 
 int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, bench_keys *out)
