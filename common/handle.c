@@ -9,8 +9,8 @@ static const uint8_t handle_magic[P11PSK_MAGIC_LEN] = {0xd1, 'p', '1', '1', 'p',
 static const char handle_magic_hex[] = "d1703131706b"; /* the magic as hex text */
 
 #define PSK_ID_OFF 10
-#define PSK_TAG_OFF (PSK_ID_OFF + P11PSK_ID_MAX)           /* 26 */
-#define PSK_CHECK_OFF (PSK_TAG_OFF + P11PSK_TAG_LEN)       /* 42 */
+#define PSK_TAG_OFF (PSK_ID_OFF + P11PSK_ID_MAX)     /* 26 */
+#define PSK_CHECK_OFF (PSK_TAG_OFF + P11PSK_TAG_LEN) /* 42 */
 #define ES_REF_HASHED 32 /* ref bytes from SHA-256; longer refs are zero padded */
 
 static int has_binary_magic(const uint8_t *buf, size_t len)
@@ -109,8 +109,7 @@ int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen)
     return P11PSK_HANDLE_OK;
 }
 
-int p11psk_handle_es_make(const uint8_t psk[P11PSK_HANDLE_LEN], int md, uint8_t *out,
-                          size_t outlen)
+int p11psk_handle_es_make(const uint8_t psk[P11PSK_HANDLE_LEN], int md, uint8_t *out, size_t outlen)
 {
     uint8_t in[P11PSK_HANDLE_LEN + 1], ref[EVP_MAX_MD_SIZE];
     unsigned int reflen = 0;

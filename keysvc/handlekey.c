@@ -238,8 +238,7 @@ static int op_handlekey(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, p
     return hk_pick(tok, sess, objs, n, a->mk, c, err);
 }
 
-static int hk_run(p11psk_handlekey *hk, p11psk_token *tok, int create, int reissue,
-                  p11psk_err *err)
+static int hk_run(p11psk_handlekey *hk, p11psk_token *tok, int create, int reissue, p11psk_err *err)
 {
     struct hk_arg a = {create, reissue, OPENSSL_secure_zalloc(P11PSK_MK_LEN)};
     int st;

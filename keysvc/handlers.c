@@ -32,7 +32,7 @@ static int field_eq(const p11psk_field *f, const char *s)
 /* The one answer to a handle this token did not issue: forged, from another token, made
  * before a re-issue, or version 1. It names no key, so it tells nothing about the token. */
 #define BAD_HANDLE_MSG                                                                             \
-    "bad handle: not issued for this token (forged, from another token, from before a "        \
+    "bad handle: not issued for this token (forged, from another token, from before a "            \
     "re-issue, or version 1); get the current one with `p11psk handle ID`"
 
 /* Judges DIGEST and HANDLE (dispatch.c has checked that they are there), verifies the
@@ -301,7 +301,8 @@ static int h_expand(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp,
                             "binder, res binder, c e traffic, e exp master)",
                             label);
     }
-    return with_key(s, c, m, P11PSK_HT_PSK, do_expand, resp, o); /* the provider sends the PSK handle */
+    return with_key(s, c, m, P11PSK_HT_PSK, do_expand, resp,
+                    o); /* the provider sends the PSK handle */
 }
 
 static int h_extract(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)

@@ -178,8 +178,8 @@ static int tls13_extract(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
         p11psk_kdf_decode(pc, ALG " salt", ctx->salt.p, ctx->salt.len, P11PSK_HT_TLS13_ES, md,
                           &h) != 0 ||
-        es_psk(ctx, &h, md, ALG " salt", psk) != 0 || need(ctx, &ctx->prefix, "a prefix") != 0 || need(ctx, &ctx->label, "a label") != 0 ||
-        check_hash_outlen(ctx, md, outlen) != 0)
+        es_psk(ctx, &h, md, ALG " salt", psk) != 0 || need(ctx, &ctx->prefix, "a prefix") != 0 ||
+        need(ctx, &ctx->label, "a label") != 0 || check_hash_outlen(ctx, md, outlen) != 0)
         return -1;
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXTRACT);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);

@@ -39,7 +39,7 @@
 #define P11PSK_ID_MAX 16
 #define P11PSK_TAG_LEN 16
 #define P11PSK_CHECK_LEN 6
-#define P11PSK_ES_HEAD_LEN 9                                    /* magic, version, type, digest */
+#define P11PSK_ES_HEAD_LEN 9 /* magic, version, type, digest */
 #define P11PSK_ES_REF_MAX (P11PSK_HANDLE_MAX - P11PSK_ES_HEAD_LEN) /* 39 for SHA-384 */
 #define P11PSK_HANDLE_HEX_LEN (2 * P11PSK_HANDLE_LEN)
 #define P11PSK_HANDLE_V1_LEN 32 /* version 1 PSK handles: recognised only to be refused */
@@ -58,9 +58,9 @@ enum p11psk_md {
 typedef struct {
     uint8_t type;
     uint8_t digest;
-    uint8_t idlen;                /* PSK handles */
-    uint8_t id[P11PSK_ID_MAX];    /* PSK handles */
-    uint8_t tag[P11PSK_TAG_LEN];  /* PSK handles: checked only where the handle key is */
+    uint8_t idlen;                  /* PSK handles */
+    uint8_t id[P11PSK_ID_MAX];      /* PSK handles */
+    uint8_t tag[P11PSK_TAG_LEN];    /* PSK handles: checked only where the handle key is */
     uint8_t ref[P11PSK_ES_REF_MAX]; /* ES placeholders: md size - 9 bytes */
 } p11psk_handle;
 

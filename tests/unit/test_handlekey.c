@@ -201,10 +201,11 @@ static int setup_tokens(void)
             tmpdir);
     fclose(f);
     setenv("SOFTHSM2_CONF", path, 1);
-    snprintf(cmd, sizeof(cmd),
-             "softhsm2-util --init-token --free --label " TOKEN_LABEL " --pin " USER_PIN
-             " --so-pin 12345678 >/dev/null && softhsm2-util --init-token --free --label " TOKEN2_LABEL
-             " --pin " USER_PIN " --so-pin 12345678 >/dev/null");
+    snprintf(
+        cmd, sizeof(cmd),
+        "softhsm2-util --init-token --free --label " TOKEN_LABEL " --pin " USER_PIN
+        " --so-pin 12345678 >/dev/null && softhsm2-util --init-token --free --label " TOKEN2_LABEL
+        " --pin " USER_PIN " --so-pin 12345678 >/dev/null");
     if (system(cmd) != 0)
         return 0;
     tok = open_token("pkcs11:token=" TOKEN_LABEL);
