@@ -14,6 +14,7 @@
 
 #include "handlekey.h"
 #include "log.h"
+#include "p11psk/clock.h"
 #include "p11psk/handle.h"
 
 /* The peer as the ACL sees it. */
@@ -27,6 +28,21 @@ static p11psk_acl_peer conn_peer(const conn *c)
 static int field_eq(const p11psk_field *f, const char *s)
 {
     return f->present && f->len == strlen(s) && memcmp(f->p, s, f->len) == 0;
+}
+
+#define HK_RETRY_MS 10000 /* without mk, look for the handle key again at most this often */
+
+/* p11pskd has no mk (the token was unavailable at start, or had no handle key and was
+ * read-only): look again now and then, so the daemon recovers without a restart. With mk,
+ * this never runs, so bad handles never cost a token call. */
+static void handlekey_retry(server *s)
+{
+    static atomic_llong next_ms;
+    long long now = p11psk_mono_ms(), due = atomic_load(&next_ms);
+
+    if (now < due || !atomic_compare_exchange_strong(&next_ms, &due, now + HK_RETRY_MS))
+        return; /* another thread is at it, or it is too soon */
+    handlers_handlekey_load(s, 0);
 }
 
 /* The one answer to a handle this token did not issue: forged, from another token, made
@@ -74,6 +90,8 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
         return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "expected a %s handle, got a %s handle",
                             want_type == P11PSK_HT_PSK ? "PSK" : "TLS 1.3 early-secret",
                             h.type == P11PSK_HT_PSK ? "PSK" : "TLS 1.3 early-secret");
+    if (!p11psk_handlekey_ready(s->hk))
+        handlekey_retry(s);
     if (p11psk_handlekey_verify(s->hk, &h) != 0) {
         snprintf(o->ident, sizeof(o->ident), "(bad-handle)");
         return outcome_fail(o, P11PSK_ST_BAD_HANDLE, BAD_HANDLE_MSG);
