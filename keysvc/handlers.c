@@ -30,7 +30,7 @@ static int field_eq(const p11psk_field *f, const char *s)
     return f->present && f->len == strlen(s) && memcmp(f->p, s, f->len) == 0;
 }
 
-#define HK_RETRY_MS 10000 /* without mk, look for the handle key again at most this often */
+#define HK_RETRY_MS 2000 /* without mk, look for the handle key again at most this often */
 
 /* p11pskd has no mk (the token was unavailable at start, or had no handle key and was
  * read-only): look again now and then, so the daemon recovers without a restart. With mk,
@@ -235,9 +235,9 @@ int handlers_handlekey_load(server *s, int create)
         return 0;
     }
     p11psk_log(P11PSK_LOG_WARN,
-               "no handle key: %s. Every handle is refused until `p11psk handle ID` creates one "
-               "and p11pskd is restarted or flushed (`p11psk handle --reissue-all`)",
-               err.msg);
+               "no handle key: %s. Every handle is refused meanwhile; p11pskd looks again "
+               "every %d s and on a FLUSH",
+               err.msg, HK_RETRY_MS / 1000);
     return -1;
 }
 

@@ -234,6 +234,30 @@ expect_ok "TLS 1.3 on the re-issued handle" raw "$raw" handle "$new" -tls1_3
 expect_fail "TLS 1.3 on the old handle after re-issue" "bad handle" raw "$raw" handle "$hA" -tls1_3
 [ "$(grep -c 'p11psk-handle-key' "$T/reissue.out")" = 0 ] && pass "re-issue lists no handle key" ||
     fail "re-issue printed the handle key"
+
+# The handle key removed behind p11pskd's back: a FLUSH (no handle) finds none and every
+# handle is refused; once `p11psk handle` has made a new one, p11pskd finds it by itself.
+pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$TOKEN_LABEL" --login --pin "$USER_PIN" \
+    --delete-object --type secrkey --label p11psk-handle-key >/dev/null 2>&1 ||
+    die "pkcs11-tool could not delete the handle key"
+got=$(timeout 20 "$PROBE" "$SOCK" "$(frame 0103)" | head -n 1)
+[ "$got" = "status=ok msg=" ] || fail "FLUSH: '$got'"
+grep -q 'no handle key: token .* has no handle key' "$T/p11pskd.log" &&
+    pass "FLUSH without a handle key: p11pskd says so" || fail "no warning after FLUSH"
+got=$(probe "$SOCK" "$new")
+case $got in
+"status=bad handle msg=$BAD"*) pass "without a handle key every handle is refused: $got" ;;
+*) fail "no handle key, handle: '$got'" ;;
+esac
+new2=$(handle_of twin)
+[ "$new2" != "$new" ] && pass "\`p11psk handle\` made a new handle key" || fail "same handle: $new2"
+for _ in $(seq 10); do # p11pskd looks again at most every 2 s
+    got=$(probe "$SOCK" "$new2")
+    [ "$got" = "status=ok msg=" ] && break
+    sleep 0.5
+done
+[ "$got" = "status=ok msg=" ] && pass "p11pskd found the new handle key without a restart" ||
+    fail "after a new handle key: '$got'"
 leak=0
 grep -q -i "$raw" "$T/p11pskd.log" "$T/b.log" && leak=1
 [ "$leak" = 0 ] && pass "no key bytes in the logs" || fail "a raw key is in a log"
