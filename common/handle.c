@@ -1,5 +1,6 @@
 #include "p11psk/handle.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
@@ -7,7 +8,10 @@
 static const uint8_t handle_magic[P11PSK_MAGIC_LEN] = {0xd1, 'p', '1', '1', 'p', 'k'};
 static const char handle_magic_hex[] = "d1703131706b"; /* the magic as hex text */
 
-#define HANDLE_FIXED_LEN (10 + P11PSK_ID_MAX) /* header and id area */
+#define PSK_ID_OFF 10
+#define PSK_TAG_OFF (PSK_ID_OFF + P11PSK_ID_MAX)     /* 26 */
+#define PSK_CHECK_OFF (PSK_TAG_OFF + P11PSK_TAG_LEN) /* 42 */
+#define ES_REF_HASHED 32 /* ref bytes from SHA-256; longer refs are zero padded */
 
 static int has_binary_magic(const uint8_t *buf, size_t len)
 {
@@ -28,25 +32,28 @@ int p11psk_handle_has_magic(const uint8_t *buf, size_t len)
 
 static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h);
 
-/* The hex form: exactly the 64 characters of a PSK handle. */
+/* The hex form: the 96 characters of a PSK handle (64 for a version 1 one, to refuse it by
+ * name rather than as a wrong length). */
 static int handle_decode_hex(const uint8_t *buf, size_t len, p11psk_handle *h)
 {
     char text[P11PSK_HANDLE_HEX_LEN + 1];
     uint8_t bin[P11PSK_HANDLE_LEN];
     p11psk_handle tmp;
+    long n;
     int rc;
 
-    if (len != P11PSK_HANDLE_HEX_LEN)
+    if (len != P11PSK_HANDLE_HEX_LEN && len != 2 * P11PSK_HANDLE_V1_LEN)
         return P11PSK_HANDLE_BAD_LENGTH;
     memcpy(text, buf, len);
     text[len] = '\0';
-    if (p11psk_hex_decode(text, bin, sizeof(bin)) != P11PSK_HANDLE_LEN)
+    if ((n = p11psk_hex_decode(text, bin, sizeof(bin))) != (long)len / 2)
         return P11PSK_HANDLE_BAD_FIELD;
-    rc = handle_decode_binary(bin, sizeof(bin), &tmp);
+    rc = handle_decode_binary(bin, (size_t)n, &tmp);
     if (rc == P11PSK_HANDLE_OK && tmp.type != P11PSK_HT_PSK)
         rc = P11PSK_HANDLE_BAD_FIELD;
     if (rc == P11PSK_HANDLE_OK && h != NULL)
         *h = tmp;
+    OPENSSL_cleanse(&tmp, sizeof(tmp));
     return rc;
 }
 
@@ -62,32 +69,68 @@ static int handle_check(const uint8_t *buf, size_t n, uint8_t out[P11PSK_CHECK_L
     return 0;
 }
 
-static int handle_len_is_valid(size_t len)
+static void handle_head(uint8_t *out, int type, int digest)
 {
-    return len >= HANDLE_FIXED_LEN + P11PSK_CHECK_LEN && len <= P11PSK_HANDLE_MAX;
+    memcpy(out, handle_magic, P11PSK_MAGIC_LEN);
+    out[6] = P11PSK_HANDLE_VERSION;
+    out[7] = (uint8_t)type;
+    out[8] = (uint8_t)digest;
 }
 
 int p11psk_handle_encode(const p11psk_handle *h, uint8_t *out, size_t outlen)
 {
-    if (h == NULL || out == NULL || h->idlen == 0 || h->idlen > P11PSK_ID_MAX)
+    size_t reflen;
+
+    if (h == NULL || out == NULL)
         return P11PSK_HANDLE_BAD_FIELD;
-    if (h->type == P11PSK_HT_PSK
-            ? h->digest != P11PSK_MD_NONE
-            : (h->type != P11PSK_HT_TLS13_ES || p11psk_md_size(h->digest) == 0))
+    if (h->type == P11PSK_HT_PSK) {
+        if (h->digest != P11PSK_MD_NONE || h->idlen == 0 || h->idlen > P11PSK_ID_MAX)
+            return P11PSK_HANDLE_BAD_FIELD;
+        if (outlen != P11PSK_HANDLE_LEN)
+            return P11PSK_HANDLE_BAD_LENGTH;
+        memset(out, 0, outlen);
+        handle_head(out, h->type, h->digest);
+        out[9] = h->idlen;
+        memcpy(out + PSK_ID_OFF, h->id, h->idlen);
+        memcpy(out + PSK_TAG_OFF, h->tag, P11PSK_TAG_LEN);
+        if (handle_check(out, PSK_CHECK_OFF, out + PSK_CHECK_OFF) != 0)
+            return P11PSK_HANDLE_INTERNAL;
+        return P11PSK_HANDLE_OK;
+    }
+    if (h->type != P11PSK_HT_TLS13_ES || p11psk_md_size(h->digest) == 0)
         return P11PSK_HANDLE_BAD_FIELD;
-    if (!handle_len_is_valid(outlen) ||
-        outlen != (h->type == P11PSK_HT_PSK ? P11PSK_HANDLE_LEN : p11psk_md_size(h->digest)))
+    if (outlen != p11psk_md_size(h->digest))
         return P11PSK_HANDLE_BAD_LENGTH;
-    memset(out, 0, outlen);
-    memcpy(out, handle_magic, P11PSK_MAGIC_LEN);
-    out[6] = P11PSK_HANDLE_VERSION;
-    out[7] = h->type;
-    out[8] = h->digest;
-    out[9] = h->idlen;
-    memcpy(out + 10, h->id, h->idlen);
-    if (handle_check(out, outlen - P11PSK_CHECK_LEN, out + outlen - P11PSK_CHECK_LEN) != 0)
-        return P11PSK_HANDLE_INTERNAL;
+    reflen = outlen - P11PSK_ES_HEAD_LEN;
+    handle_head(out, h->type, h->digest);
+    memcpy(out + P11PSK_ES_HEAD_LEN, h->ref, reflen);
+    if (reflen > ES_REF_HASHED)
+        memset(out + P11PSK_ES_HEAD_LEN + ES_REF_HASHED, 0, reflen - ES_REF_HASHED);
     return P11PSK_HANDLE_OK;
+}
+
+int p11psk_handle_es_make(const uint8_t psk[P11PSK_HANDLE_LEN], int md, uint8_t *out, size_t outlen)
+{
+    uint8_t in[P11PSK_HANDLE_LEN + 1], ref[EVP_MAX_MD_SIZE];
+    unsigned int reflen = 0;
+    p11psk_handle h;
+    size_t n;
+    int rc;
+
+    if (psk == NULL || p11psk_md_size(md) == 0 || outlen != p11psk_md_size(md))
+        return P11PSK_HANDLE_BAD_FIELD;
+    memcpy(in, psk, P11PSK_HANDLE_LEN);
+    in[P11PSK_HANDLE_LEN] = (uint8_t)md;
+    if (!EVP_Digest(in, sizeof(in), ref, &reflen, EVP_sha256(), NULL))
+        return P11PSK_HANDLE_INTERNAL;
+    memset(&h, 0, sizeof(h));
+    h.type = P11PSK_HT_TLS13_ES;
+    h.digest = (uint8_t)md;
+    n = outlen - P11PSK_ES_HEAD_LEN;
+    memcpy(h.ref, ref, n < ES_REF_HASHED ? n : ES_REF_HASHED);
+    rc = p11psk_handle_encode(&h, out, outlen);
+    OPENSSL_cleanse(in, sizeof(in));
+    return rc;
 }
 
 int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h)
@@ -99,47 +142,69 @@ int p11psk_handle_decode(const uint8_t *buf, size_t len, p11psk_handle *h)
     return P11PSK_HANDLE_NOT;
 }
 
-static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h)
+static int decode_psk(const uint8_t *buf, size_t len, p11psk_handle *h)
 {
     uint8_t check[P11PSK_CHECK_LEN];
     size_t i;
 
-    if (!handle_len_is_valid(len))
+    if (len != P11PSK_HANDLE_LEN)
         return P11PSK_HANDLE_BAD_LENGTH;
-    if (buf[6] != P11PSK_HANDLE_VERSION)
-        return P11PSK_HANDLE_BAD_VERSION;
-    if (handle_check(buf, len - P11PSK_CHECK_LEN, check) != 0 ||
-        memcmp(check, buf + len - P11PSK_CHECK_LEN, P11PSK_CHECK_LEN) != 0)
+    if (handle_check(buf, PSK_CHECK_OFF, check) != 0 ||
+        memcmp(check, buf + PSK_CHECK_OFF, P11PSK_CHECK_LEN) != 0)
         return P11PSK_HANDLE_BAD_CHECK;
-    if (buf[9] == 0 || buf[9] > P11PSK_ID_MAX)
+    if (buf[8] != P11PSK_MD_NONE || buf[9] == 0 || buf[9] > P11PSK_ID_MAX)
         return P11PSK_HANDLE_BAD_FIELD;
-    for (i = 10 + buf[9]; i < len - P11PSK_CHECK_LEN; i++)
+    for (i = PSK_ID_OFF + buf[9]; i < PSK_TAG_OFF; i++)
         if (buf[i] != 0)
             return P11PSK_HANDLE_BAD_FIELD;
+    h->idlen = buf[9];
+    memcpy(h->id, buf + PSK_ID_OFF, h->idlen);
+    memcpy(h->tag, buf + PSK_TAG_OFF, P11PSK_TAG_LEN);
+    return P11PSK_HANDLE_OK;
+}
+
+static int decode_es(const uint8_t *buf, size_t len, p11psk_handle *h)
+{
+    size_t i;
+
+    if (p11psk_md_size(buf[8]) == 0)
+        return P11PSK_HANDLE_BAD_FIELD;
+    if (len != p11psk_md_size(buf[8]))
+        return P11PSK_HANDLE_BAD_LENGTH;
+    for (i = P11PSK_ES_HEAD_LEN + ES_REF_HASHED; i < len; i++)
+        if (buf[i] != 0)
+            return P11PSK_HANDLE_BAD_FIELD;
+    memcpy(h->ref, buf + P11PSK_ES_HEAD_LEN, len - P11PSK_ES_HEAD_LEN);
+    return P11PSK_HANDLE_OK;
+}
+
+static int handle_decode_binary(const uint8_t *buf, size_t len, p11psk_handle *h)
+{
+    p11psk_handle tmp;
+    int rc;
+
+    if (len < P11PSK_ES_HEAD_LEN)
+        return P11PSK_HANDLE_BAD_LENGTH;
+    if (buf[6] == 1)
+        return P11PSK_HANDLE_V1;
+    if (buf[6] != P11PSK_HANDLE_VERSION)
+        return P11PSK_HANDLE_BAD_VERSION;
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.type = buf[7];
+    tmp.digest = buf[8];
     switch (buf[7]) {
     case P11PSK_HT_PSK:
-        if (buf[8] != P11PSK_MD_NONE)
-            return P11PSK_HANDLE_BAD_FIELD;
-        if (len != P11PSK_HANDLE_LEN)
-            return P11PSK_HANDLE_BAD_LENGTH;
+        rc = decode_psk(buf, len, &tmp);
         break;
     case P11PSK_HT_TLS13_ES:
-        if (p11psk_md_size(buf[8]) == 0)
-            return P11PSK_HANDLE_BAD_FIELD;
-        if (len != p11psk_md_size(buf[8]))
-            return P11PSK_HANDLE_BAD_LENGTH;
+        rc = decode_es(buf, len, &tmp);
         break;
     default:
-        return P11PSK_HANDLE_BAD_FIELD;
+        rc = P11PSK_HANDLE_BAD_FIELD;
     }
-    if (h != NULL) {
-        memset(h, 0, sizeof(*h));
-        h->type = buf[7];
-        h->digest = buf[8];
-        h->idlen = buf[9];
-        memcpy(h->id, buf + 10, h->idlen);
-    }
-    return P11PSK_HANDLE_OK;
+    if (rc == P11PSK_HANDLE_OK && h != NULL)
+        *h = tmp;
+    return rc;
 }
 
 const char *p11psk_handle_strerror(int rc)
@@ -159,6 +224,8 @@ const char *p11psk_handle_strerror(int rc)
         return "bad handle: malformed field";
     case P11PSK_HANDLE_INTERNAL:
         return "bad handle: check value could not be computed";
+    case P11PSK_HANDLE_V1:
+        return "handle version 1 is no longer accepted: re-issue it with `p11psk handle ID`";
     }
     return "bad handle";
 }

@@ -197,6 +197,24 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
     return NULL;
 }
 
+int p11psk_acl_peer_has_any_rule(const p11psk_acl *acl, const p11psk_acl_peer *peer)
+{
+    size_t i;
+
+    for (i = 0; i < acl->n; i++) {
+        const p11psk_acl_rule *r = &acl->rules[i];
+
+        if (r->kind != P11PSK_ACL_KEY)
+            continue;
+        if (r->has_uid && r->uid != peer->uid)
+            continue;
+        if (r->has_gid && !in_group(peer, r->gid))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
 int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer *peer)
 {
     size_t i;

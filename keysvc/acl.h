@@ -51,6 +51,10 @@ typedef struct {
 /* Returns the first matching rule, or NULL when the peer may not use the key. */
 const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
                                         const p11psk_acl_peer *peer);
+/* 1 if some key rule could match the peer: one without conditions, or whose uid= names it or
+ * whose gid= names one of its groups. A peer without one may use no key at all, so it is
+ * refused before any lookup and learns nothing about which keys exist. */
+int p11psk_acl_peer_has_any_rule(const p11psk_acl *acl, const p11psk_acl_peer *peer);
 /* Status or admin permission: a matching rule of that kind (admin implies status). */
 int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer *peer);
 

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "handlekey.h"
 #include "p11psk/client.h"
 #include "p11psk/handle.h"
 #include "token.h"
@@ -31,6 +32,8 @@ static const char usage_main[] =
     "Commands:\n"
     "  add ID [--generate N | --hex-file F] [--readable]   create a key, print its handle\n"
     "  handle ID [--uri]                                   print the handle of key ID\n"
+    "  handle --reissue-all --yes                          new handle key: new handles for\n"
+    "                                                      every key, old ones refused\n"
     "  list [--json]                                       list the keys\n"
     "  rotate ID [--generate N | --hex-file F]             give key ID new key material;\n"
     "                                                      its handle stays valid\n"
@@ -54,8 +57,9 @@ static const char usage_add[] =
     "Usage: p11psk add ID [--generate N | --hex-file FILE] [--readable]\n"
     "\n"
     "Creates a generic secret key labelled ID with a random 16-byte CKA_ID and prints its\n"
-    "handle (64 hex characters) for the application's configuration; its pkcs11: URI goes\n"
-    "to stderr.\n"
+    "handle (96 hex characters) for the application's configuration; its pkcs11: URI goes\n"
+    "to stderr. Keep the handle as secret as the key: an application that does not load the\n"
+    "p11psk provider would use it as its PSK.\n"
     "\n"
     "  --generate N     let the token generate N random bytes (16..512, default 32)\n"
     "  --hex-file FILE  import the key from FILE holding hex (whitespace ignored, 16..512 "
@@ -65,10 +69,18 @@ static const char usage_add[] =
 
 static const char usage_handle[] =
     "Usage: p11psk handle ID [--uri]\n"
+    "       p11psk handle --reissue-all --yes\n"
     "\n"
-    "Prints the 32-byte handle (64 hex characters) of key ID.\n"
+    "Prints the 48-byte handle (96 hex characters) of key ID. Handles carry a tag made with\n"
+    "the token's handle key (created on first use), so only the token can issue them; keys\n"
+    "imported with softhsm2-util or pkcs11-tool get one too.\n"
     "\n"
-    "  --uri  print the key's pkcs11: URI instead of the handle\n";
+    "  --uri          print the key's pkcs11: URI instead of the handle\n"
+    "  --reissue-all  destroy the token's handle key and create a new one, print every key's\n"
+    "                 new handle as 'IDENTITY HANDLE' lines and tell p11pskd to use the new\n"
+    "                 key. Every handle issued before is refused from then on: replace every\n"
+    "                 handle file. Needs --yes\n"
+    "  -y, --yes      confirm --reissue-all\n";
 
 static const char usage_list[] =
     "Usage: p11psk list [--json]\n"
@@ -132,39 +144,91 @@ int p11psk_cli_open_token(const p11psk_config *cfg, int rw, p11psk_token **tok)
     return 1;
 }
 
-int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 1])
+/* Prints why k cannot have a handle and returns 0, or returns 1. */
+static int id_fits_handle(const p11psk_key *k)
+{
+    if (k->idlen >= 1 && k->idlen <= P11PSK_ID_MAX)
+        return 1;
+    fprintf(stderr,
+            "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: give it a "
+            "shorter one in place, e.g. pkcs11-tool --module MODULE --token-label TOKEN "
+            "--login --type secrkey --label LABEL --set-id 0102\n",
+            k->label, k->idlen, P11PSK_ID_MAX);
+    return 0;
+}
+
+/* The token's handle key, created if missing (create), in a holder to free; NULL after
+ * printing why. */
+static p11psk_handlekey *cli_handlekey(p11psk_token *tok, int create)
+{
+    p11psk_handlekey *hk = p11psk_handlekey_new();
+    p11psk_err err;
+
+    if (hk == NULL) {
+        fprintf(stderr, "p11psk: out of memory\n");
+        return NULL;
+    }
+    if (p11psk_handlekey_load(hk, tok, create, &err) != P11PSK_ST_OK) {
+        if (create)
+            fprintf(stderr, "p11psk: cannot use the handle key of token '%s': %s\n",
+                    p11psk_token_label(tok), err.msg);
+        p11psk_handlekey_free(hk);
+        return NULL;
+    }
+    return hk;
+}
+
+static int handle_hex_with(p11psk_handlekey *hk, const p11psk_key *k,
+                           char hex[P11PSK_HANDLE_HEX_LEN + 1])
 {
     uint8_t hb[P11PSK_HANDLE_LEN];
-    p11psk_handle h;
 
-    if (k->idlen == 0 || k->idlen > P11PSK_ID_MAX) {
-        fprintf(stderr,
-                "p11psk: key '%s' has a %zu-byte CKA_ID; handles hold 1..%d bytes: give it a "
-                "shorter one in place, e.g. pkcs11-tool --module MODULE --token-label TOKEN "
-                "--login --type secrkey --label LABEL --set-id 0102\n",
-                k->label, k->idlen, P11PSK_ID_MAX);
+    if (p11psk_handlekey_is_key(k)) {
+        fprintf(stderr, "p11psk: '%s' is the token's handle key, not a PSK\n", k->label);
         return 0;
     }
-    memset(&h, 0, sizeof(h));
-    h.type = P11PSK_HT_PSK;
-    h.idlen = (uint8_t)k->idlen;
-    memcpy(h.id, k->id, k->idlen);
-    if (p11psk_handle_encode(&h, hb, sizeof(hb)) != 0) {
-        fprintf(stderr, "p11psk: cannot encode a handle for '%s'\n", k->label);
+    if (!id_fits_handle(k))
+        return 0;
+    if (p11psk_handlekey_make(hk, k->id, k->idlen, hb) != 0) {
+        fprintf(stderr, "p11psk: cannot make a handle for '%s'\n", k->label);
         return 0;
     }
     p11psk_hex_encode(hb, sizeof(hb), hex);
     return 1;
 }
 
-static int print_handle(const p11psk_key *k)
+int p11psk_cli_handle_hex(p11psk_token *tok, const p11psk_key *k,
+                          char hex[P11PSK_HANDLE_HEX_LEN + 1])
+{
+    p11psk_handlekey *hk;
+    int ok;
+
+    if (!id_fits_handle(k) || (hk = cli_handlekey(tok, 1)) == NULL)
+        return 0;
+    ok = handle_hex_with(hk, k, hex);
+    p11psk_handlekey_free(hk); /* cleanses mk */
+    return ok;
+}
+
+static int print_handle(p11psk_token *tok, const p11psk_key *k)
 {
     char hex[P11PSK_HANDLE_HEX_LEN + 1];
 
-    if (!p11psk_cli_handle_hex(k, hex))
+    if (!p11psk_cli_handle_hex(tok, k, hex))
         return 0;
     printf("%s\n", hex);
     return 1;
+}
+
+/* Drops the token's handle key from a key list: it is no PSK. */
+static void drop_handle_key(p11psk_key *keys, size_t *n)
+{
+    size_t i, kept = 0;
+
+    for (i = 0; i < *n; i++)
+        if (!p11psk_handlekey_is_key(&keys[i]))
+            keys[kept++] = keys[i];
+    *n = kept;
 }
 
 /* Reads hex from path, whitespace ignored, into secure memory. */
@@ -417,7 +481,7 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
     /* stdout is the handle alone (scripts take it with $(...)); the URI goes to stderr. */
     key_uri(tok, &key, uri);
     fprintf(stderr, "created %s (%zu bytes%s)\n", uri, key.len, key.readable ? ", readable" : "");
-    rc = print_handle(&key) ? 0 : 1;
+    rc = print_handle(tok, &key) ? 0 : 1;
 out:
     if (val != NULL)
         OPENSSL_secure_clear_free(val, P11PSK_KEY_LEN_MAX);
@@ -437,6 +501,7 @@ static int keys_for_label(const p11psk_config *cfg, const char *label, int rw, p
         fprintf(stderr, "p11psk: %s\n", err.msg);
         return 0;
     }
+    drop_handle_key(*keys, n);
     if (*n == 0) {
         fprintf(stderr, "p11psk: no key labelled '%s' in token '%s'; see `p11psk list`\n", label,
                 p11psk_token_label(*tok));
@@ -445,10 +510,85 @@ static int keys_for_label(const p11psk_config *cfg, const char *label, int rw, p
     return 1;
 }
 
+/* Tells p11pskd to drop every cached value and derive mk again; 1 if it did. */
+static int flush_all(const p11psk_config *cfg)
+{
+    uint8_t resp[P11PSK_WIRE_MAX];
+    char why[400];
+    p11psk_frame req;
+    p11psk_msg m;
+    int st;
+
+    p11psk_frame_start(&req, P11PSK_OP_FLUSH);
+    st = p11psk_cli_daemon_call(cfg->socket, &req, resp, &m, why, sizeof(why));
+    if (st == P11PSK_ST_OK) {
+        p11psk_msg_str(&m, P11PSK_T_INFO, why, sizeof(why));
+        fprintf(stderr, "p11pskd: %s\n", why);
+        return 1;
+    }
+    if (st > 0)
+        p11psk_msg_str(&m, P11PSK_T_MSG, why, sizeof(why));
+    fprintf(stderr,
+            "p11psk: note: cannot tell p11pskd to load the new handle key (%s%s%s); restart "
+            "p11pskd, or it refuses the new handles\n",
+            st > 0 ? p11psk_status_str(st) : "", st > 0 ? ": " : "", why);
+    return 0;
+}
+
+/* `handle --reissue-all`: a new handle key, so every handle issued before is refused. */
+static int reissue_all(const p11psk_config *cfg)
+{
+    char hex[P11PSK_HANDLE_HEX_LEN + 1];
+    p11psk_token *tok = NULL;
+    p11psk_handlekey *hk = NULL;
+    p11psk_key *keys = NULL;
+    p11psk_err err;
+    size_t n = 0, i, skipped = 0;
+    int rc = 1;
+
+    if (!p11psk_cli_open_token(cfg, 1, &tok))
+        return 1;
+    if (p11psk_token_list(tok, NULL, &keys, &n, &err) != P11PSK_ST_OK) {
+        fprintf(stderr, "p11psk: %s\n", err.msg);
+        goto out;
+    }
+    drop_handle_key(keys, &n);
+    if ((hk = p11psk_handlekey_new()) == NULL ||
+        p11psk_handlekey_reissue(hk, tok, &err) != P11PSK_ST_OK) {
+        fprintf(stderr, "p11psk: cannot replace the handle key of token '%s': %s\n",
+                p11psk_token_label(tok), hk != NULL ? err.msg : "out of memory");
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        if (keys[i].idlen < 1 || keys[i].idlen > P11PSK_ID_MAX) {
+            skipped++;
+            continue;
+        }
+        if (!handle_hex_with(hk, &keys[i], hex))
+            goto out;
+        printf("%s %s\n", keys[i].label[0] ? keys[i].label : "-", hex);
+    }
+    fprintf(stderr,
+            "p11psk: new handle key in token '%s': %zu new handles above%s. Every handle issued "
+            "before is refused from now on: replace every handle file (stunnel, mosquitto, "
+            "application configuration) with the new handles\n",
+            p11psk_token_label(tok), n - skipped,
+            skipped ? "; keys whose CKA_ID fits no handle were left out" : "");
+    flush_all(cfg);
+    rc = 0;
+out:
+    p11psk_handlekey_free(hk);
+    free(keys);
+    p11psk_token_close(tok);
+    return rc;
+}
+
 static int cmd_handle(const p11psk_config *cfg, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"uri", no_argument, NULL, 'u'},
+        {"reissue-all", no_argument, NULL, 'R'},
+        {"yes", no_argument, NULL, 'y'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -456,12 +596,16 @@ static int cmd_handle(const p11psk_config *cfg, int argc, char **argv)
     p11psk_token *tok = NULL;
     p11psk_key *keys = NULL;
     size_t n = 0;
-    int opt, rc = 1, want_uri = 0;
+    int opt, rc = 1, want_uri = 0, reissue = 0, yes = 0;
 
     optind = 0;
-    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "yh", opts, NULL)) != -1) {
         if (opt == 'u') {
             want_uri = 1;
+        } else if (opt == 'R') {
+            reissue = 1;
+        } else if (opt == 'y') {
+            yes = 1;
         } else if (opt == 'h') {
             fputs(usage_handle, stdout);
             return 0;
@@ -469,6 +613,20 @@ static int cmd_handle(const p11psk_config *cfg, int argc, char **argv)
             die_usage(usage_handle, "unknown option or missing value: '%s'", argv[optind - 1]);
         }
     }
+    if (reissue) {
+        if (optind != argc || want_uri)
+            die_usage(usage_handle, "%s", "--reissue-all takes no ID and no --uri");
+        if (!yes) {
+            fprintf(stderr,
+                    "p11psk: not re-issuing: --reissue-all replaces the token's handle key, so "
+                    "every handle issued so far stops working at once and every handle file "
+                    "must be replaced; pass --yes to do it\n");
+            return 1;
+        }
+        return reissue_all(cfg);
+    }
+    if (yes)
+        die_usage(usage_handle, "%s", "--yes goes with --reissue-all only");
     if (optind + 1 != argc)
         die_usage(usage_handle, "%s needs exactly one ID", "handle");
     if (keys_for_label(cfg, argv[optind], 0, &tok, &keys, &n)) {
@@ -482,7 +640,7 @@ static int cmd_handle(const p11psk_config *cfg, int argc, char **argv)
             printf("%s\n", uri);
             rc = 0;
         } else {
-            rc = print_handle(&keys[0]) ? 0 : 1;
+            rc = print_handle(tok, &keys[0]) ? 0 : 1;
         }
     }
     free(keys);
@@ -566,6 +724,8 @@ out:
 static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
 {
     char hex[2 * P11PSK_KEY_ID_MAX + 1], handle[P11PSK_HANDLE_HEX_LEN + 1], uri[P11PSK_URI_MAX];
+    p11psk_handlekey *hk = cli_handlekey(tok, 0); /* listing creates nothing */
+    uint8_t hb[P11PSK_HANDLE_LEN];
     size_t i;
 
     printf("[");
@@ -580,21 +740,12 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
                "\"handle\": ",
                hex, k->type == CKK_AES ? "aes" : "generic", k->len,
                k->readable ? "true" : "false");
-        /* A CKA_ID that fits no handle is shown as null, not as an error. */
-        if (k->idlen >= 1 && k->idlen <= P11PSK_ID_MAX) {
-            p11psk_handle h;
-            uint8_t hb[P11PSK_HANDLE_LEN];
-
-            memset(&h, 0, sizeof(h));
-            h.type = P11PSK_HT_PSK;
-            h.idlen = (uint8_t)k->idlen;
-            memcpy(h.id, k->id, k->idlen);
-            if (p11psk_handle_encode(&h, hb, sizeof(hb)) == 0) {
-                p11psk_hex_encode(hb, sizeof(hb), handle);
-                printf("\"%s\"", handle);
-            } else {
-                printf("null");
-            }
+        /* A CKA_ID that fits no handle (or a token without a handle key yet) is shown as
+         * null, not as an error. */
+        if (hk != NULL && k->idlen >= 1 && k->idlen <= P11PSK_ID_MAX &&
+            p11psk_handlekey_make(hk, k->id, k->idlen, hb) == 0) {
+            p11psk_hex_encode(hb, sizeof(hb), handle);
+            printf("\"%s\"", handle);
         } else {
             printf("null");
         }
@@ -603,6 +754,7 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
         printf("}");
     }
     printf("%s]\n", n ? "\n" : "");
+    p11psk_handlekey_free(hk);
 }
 
 static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
@@ -638,6 +790,7 @@ static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
         fprintf(stderr, "p11psk: %s\n", err.msg);
         goto out;
     }
+    drop_handle_key(keys, &n);
     if (json) {
         list_json(tok, keys, n);
         rc = 0;
@@ -732,7 +885,7 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     }
     old = keys[0];
     key_uri(tok, &old, uri);
-    if (!p11psk_cli_handle_hex(&old, handle))
+    if (!p11psk_cli_handle_hex(tok, &old, handle))
         goto out;
     if (hexfile == NULL && gen < 0 &&
         (old.len < P11PSK_KEY_LEN_MIN || old.len > P11PSK_KEY_LEN_MAX)) {

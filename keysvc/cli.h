@@ -15,8 +15,10 @@
 
 /* Opens the configured token; prints the reason naming the fix and returns 0 on failure. */
 int p11psk_cli_open_token(const p11psk_config *cfg, int rw, p11psk_token **tok);
-/* The hex handle of a key; prints why and returns 0 if its CKA_ID does not fit a handle. */
-int p11psk_cli_handle_hex(const p11psk_key *k, char hex[P11PSK_HANDLE_HEX_LEN + 1]);
+/* The hex handle of a key in tok (the token's handle key is created if missing); prints why
+ * and returns 0 if its CKA_ID does not fit a handle or the handle key is unusable. */
+int p11psk_cli_handle_hex(p11psk_token *tok, const p11psk_key *k,
+                          char hex[P11PSK_HANDLE_HEX_LEN + 1]);
 /* The key as an RFC 7512 URI: pkcs11:token=...;id=...;object=LABEL;type=secret-key. */
 void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, size_t cap);
 

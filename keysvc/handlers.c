@@ -12,6 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "handlekey.h"
+#include "log.h"
+#include "p11psk/clock.h"
 #include "p11psk/handle.h"
 
 /* The peer as the ACL sees it. */
@@ -27,13 +30,36 @@ static int field_eq(const p11psk_field *f, const char *s)
     return f->present && f->len == strlen(s) && memcmp(f->p, s, f->len) == 0;
 }
 
-/* Judges DIGEST and HANDLE (dispatch.c has checked that they are there), finds the key and
- * applies its allow rule. */
+#define HK_RETRY_MS 2000 /* without mk, look for the handle key again at most this often */
+
+/* p11pskd has no mk (the token was unavailable at start, or had no handle key and was
+ * read-only): look again now and then, so the daemon recovers without a restart. With mk,
+ * this never runs, so bad handles never cost a token call. */
+static void handlekey_retry(server *s)
+{
+    static atomic_llong next_ms;
+    long long now = p11psk_mono_ms(), due = atomic_load(&next_ms);
+
+    if (now < due || !atomic_compare_exchange_strong(&next_ms, &due, now + HK_RETRY_MS))
+        return; /* another thread is at it, or it is too soon */
+    handlers_handlekey_load(s, 0);
+}
+
+/* The one answer to a handle this token did not issue: forged, from another token, made
+ * before a re-issue, or version 1. It names no key, so it tells nothing about the token. */
+#define BAD_HANDLE_MSG                                                                             \
+    "bad handle: not issued for this token (forged, from another token, from before a "            \
+    "re-issue, or version 1); get the current one with `p11psk handle ID`"
+
+/* Judges DIGEST and HANDLE (dispatch.c has checked that they are there), verifies the
+ * handle's tag, finds the key and applies its allow rule. Everything before the lookup is
+ * in-process: a peer that may use no key, or a handle the token did not issue, costs no
+ * token search. */
 static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11psk_key *key, int *md,
                    outcome *o)
 {
     const p11psk_field *hf = &m->f[P11PSK_T_HANDLE];
-    p11psk_acl_peer peer;
+    p11psk_acl_peer peer = conn_peer(c);
     p11psk_handle h;
     uint8_t d = 0;
     int rc, st;
@@ -50,23 +76,31 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
                             p11psk_md_name(d), allowed, s->cfg->path);
     }
     *md = d;
+    /* Uniform denial: the same words for every handle, existing key or not. */
+    if (!p11psk_acl_peer_has_any_rule(&s->cfg->acl, &peer))
+        return outcome_fail(o, P11PSK_ST_ACCESS_DENIED,
+                            "uid %lu gid %lu may not use any key; add an allow rule to %s",
+                            (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, s->cfg->path);
     rc = p11psk_handle_decode(hf->p, hf->len, &h);
+    if (rc == P11PSK_HANDLE_V1)
+        return outcome_fail(o, P11PSK_ST_BAD_HANDLE, BAD_HANDLE_MSG);
     if (rc != P11PSK_HANDLE_OK)
         return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "%s", p11psk_handle_strerror(rc));
-    p11psk_hex_encode(h.id, h.idlen, o->ident);
     if (h.type != want_type)
         return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "expected a %s handle, got a %s handle",
                             want_type == P11PSK_HT_PSK ? "PSK" : "TLS 1.3 early-secret",
                             h.type == P11PSK_HT_PSK ? "PSK" : "TLS 1.3 early-secret");
-    if (h.type == P11PSK_HT_TLS13_ES && h.digest != d)
-        return outcome_fail(o, P11PSK_ST_BAD_HANDLE,
-                            "early-secret handle is for %s but the request uses %s",
-                            p11psk_md_name(h.digest), p11psk_md_name(d));
+    if (!p11psk_handlekey_ready(s->hk))
+        handlekey_retry(s);
+    if (p11psk_handlekey_verify(s->hk, &h) != 0) {
+        snprintf(o->ident, sizeof(o->ident), "(bad-handle)");
+        return outcome_fail(o, P11PSK_ST_BAD_HANDLE, BAD_HANDLE_MSG);
+    }
+    p11psk_hex_encode(h.id, h.idlen, o->ident);
     st = p11psk_token_find_id(s->tok, h.id, h.idlen, key, &o->err);
     if (st != P11PSK_ST_OK)
         return st;
     snprintf(o->ident, sizeof(o->ident), "%s", key->label);
-    peer = conn_peer(c);
     if (p11psk_acl_check(&s->cfg->acl, key->label, &peer) == NULL)
         return outcome_fail(
             o, P11PSK_ST_ACCESS_DENIED, "uid %lu gid %lu may not use '%s'; add an allow rule to %s",
@@ -112,24 +146,25 @@ static int with_key(server *s, conn *c, const p11psk_msg *m, int want_type, key_
     }
 }
 
+/* TLS13_EARLY answers the ES placeholder the provider would make for the request's PSK
+ * handle (handle.h); computing the ES here proves the key is usable. Clients make it
+ * locally and send the PSK handle to EXPAND/EXTRACT, so this is a health check. */
 static int do_early(server *s, const p11psk_msg *m, const p11psk_key *key, int md,
                     p11psk_frame *resp, outcome *o)
 {
-    uint8_t es[48], hb[P11PSK_HANDLE_MAX];
+    const p11psk_field *hf = &m->f[P11PSK_T_HANDLE];
+    uint8_t es[48], psk[P11PSK_HANDLE_LEN], hb[P11PSK_HANDLE_MAX];
     p11psk_handle h;
     int st;
 
-    /* Computing the ES here proves the key is usable before the handshake goes on. */
     st = p11psk_ladder_tls13_early(s->lad, s->tok, key, md, es, &o->step, &o->err);
     OPENSSL_cleanse(es, sizeof(es));
     if (st != P11PSK_ST_OK)
         return st;
-    memset(&h, 0, sizeof(h));
-    h.type = P11PSK_HT_TLS13_ES;
-    h.digest = (uint8_t)md;
-    h.idlen = (uint8_t)key->idlen;
-    memcpy(h.id, key->id, key->idlen);
-    if (p11psk_handle_encode(&h, hb, p11psk_md_size(md)) != 0)
+    /* key_for decoded the handle already; re-encode it to its binary form. */
+    if (p11psk_handle_decode(hf->p, hf->len, &h) != P11PSK_HANDLE_OK ||
+        p11psk_handle_encode(&h, psk, sizeof(psk)) != P11PSK_HANDLE_OK ||
+        p11psk_handle_es_make(psk, md, hb, p11psk_md_size(md)) != P11PSK_HANDLE_OK)
         return outcome_fail(o, P11PSK_ST_INTERNAL, "cannot encode early-secret handle");
     p11psk_frame_add(resp, P11PSK_T_HANDLE, hb, p11psk_md_size(md));
     return P11PSK_ST_OK;
@@ -187,6 +222,25 @@ static int do_prf(server *s, const p11psk_msg *m, const p11psk_key *key, int md,
     return st;
 }
 
+int handlers_handlekey_load(server *s, int create)
+{
+    p11psk_err err;
+    int st;
+
+    if (s->hk == NULL)
+        return -1;
+    st = p11psk_handlekey_load(s->hk, s->tok, create, &err);
+    if (st == P11PSK_ST_OK) {
+        p11psk_log(P11PSK_LOG_INFO, "handle key of token '%s' loaded", p11psk_token_label(s->tok));
+        return 0;
+    }
+    p11psk_log(P11PSK_LOG_WARN,
+               "no handle key: %s. Every handle is refused meanwhile; p11pskd looks again "
+               "every %d s and on a FLUSH",
+               err.msg, HK_RETRY_MS / 1000);
+    return -1;
+}
+
 /* Status and admin permissions; root and p11pskd's own user hold both. */
 int handlers_peer_has_perm(server *s, const conn *c, int perm)
 {
@@ -211,25 +265,33 @@ static int h_status(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp,
     return stats_status(s, resp, o);
 }
 
+/* FLUSH without a handle drops every cached value and derives mk again (after `p11psk
+ * handle --reissue-all`); with one, that key's values. Admin only, so the handle's tag is
+ * not checked: it only names what to forget. */
 static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
 {
     const p11psk_field *hf = &m->f[P11PSK_T_HANDLE];
     p11psk_handle h;
-    char msg[64];
+    char msg[96];
     size_t n;
     int rc;
 
     if (!hf->present) { /* every key */
         n = p11psk_cache_flush(s->cache, NULL, 0);
         snprintf(o->ident, sizeof(o->ident), "*");
+        rc = handlers_handlekey_load(s, 0);
+        snprintf(msg, sizeof(msg), "flushed %zu; handle key %s", n,
+                 rc == 0 ? "reloaded" : "missing: every handle is refused");
     } else {
         if ((rc = p11psk_handle_decode(hf->p, hf->len, &h)) != P11PSK_HANDLE_OK)
             return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "%s", p11psk_handle_strerror(rc));
+        if (h.type != P11PSK_HT_PSK)
+            return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "FLUSH takes a PSK handle");
         p11psk_hex_encode(h.id, h.idlen, o->ident);
         n = p11psk_cache_flush(s->cache, h.id, h.idlen);
         p11psk_token_forget(s->tok, h.id, h.idlen); /* the object may have changed too */
+        snprintf(msg, sizeof(msg), "flushed %zu", n);
     }
-    snprintf(msg, sizeof(msg), "flushed %zu", n);
     p11psk_frame_add_str(resp, P11PSK_T_INFO, msg);
     return P11PSK_ST_OK;
 }
@@ -257,7 +319,8 @@ static int h_expand(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp,
                             "binder, res binder, c e traffic, e exp master)",
                             label);
     }
-    return with_key(s, c, m, P11PSK_HT_TLS13_ES, do_expand, resp, o);
+    return with_key(s, c, m, P11PSK_HT_PSK, do_expand, resp,
+                    o); /* the provider sends the PSK handle */
 }
 
 static int h_extract(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
@@ -278,7 +341,7 @@ static int h_extract(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp
                             "TLS 1.3 psk_ke (PSK without (EC)DHE) is refused by allow-psk-ke = "
                             "no (%s); let the peers use psk_dhe_ke, or set allow-psk-ke = yes",
                             s->cfg->path);
-    return with_key(s, c, m, P11PSK_HT_TLS13_ES, do_extract, resp, o);
+    return with_key(s, c, m, P11PSK_HT_PSK, do_extract, resp, o);
 }
 
 static int h_prf(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)

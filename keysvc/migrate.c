@@ -476,7 +476,7 @@ static int apply(psk_file *pf, p11psk_token *tok, int readable)
                 return 0;
             }
         }
-        if (!p11psk_cli_handle_hex(&l->tokkey, l->handle))
+        if (!p11psk_cli_handle_hex(tok, &l->tokkey, l->handle))
             return 0;
     }
     return 1;

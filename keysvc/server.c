@@ -106,6 +106,11 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     s.lad = lad;
     s.cache = cache;
     s.lfd = listen_fd;
+    if ((s.hk = p11psk_handlekey_new()) == NULL) {
+        p11psk_log(P11PSK_LOG_ERROR, "out of memory");
+        return -1;
+    }
+    handlers_handlekey_load(&s, 1); /* created here when the token is writable */
     clock_gettime(CLOCK_MONOTONIC, &s.started);
     p11psk_ratelimit_init(&s.rate);
     pthread_mutex_init(&s.peerlock, NULL);
@@ -173,6 +178,7 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     p11psk_ratelimit_destroy(&s.rate);
     pthread_rwlock_destroy(&s.cfglock);
     pthread_mutex_destroy(&s.peerlock);
+    p11psk_handlekey_free(s.hk);
     if (sig != 0 && sig != SIGHUP)
         p11psk_log(P11PSK_LOG_INFO, "stopping on signal %d", sig);
     return rc;

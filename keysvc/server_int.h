@@ -19,6 +19,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "handlekey.h"
 #include "ladder.h"
 #include "p11psk/ops.h"
 #include "p11psk/wire.h"
@@ -74,6 +75,7 @@ typedef struct server {
     p11psk_token *tok;
     p11psk_ladder *lad;
     p11psk_cache *cache;
+    p11psk_handlekey *hk; /* mk: verifies handle tags before any lookup */
     struct timespec started;
     p11psk_ratelimit rate;
     int lfd;
@@ -127,6 +129,9 @@ typedef int (*op_handler)(server *s, conn *c, const p11psk_msg *m, p11psk_frame 
 int handlers_bind(char *why, size_t whylen);
 /* The handler of row (an index into p11psk_ops). */
 op_handler handlers_for(size_t row);
+/* Finds (with create: creates if missing) the token's handle key and derives mk into s->hk;
+ * 0, or -1 after logging why (every handle is then refused). */
+int handlers_handlekey_load(server *s, int create);
 /* 1 if the peer of c holds perm (P11PSK_PERM_*); root and p11pskd's own user hold all. */
 int handlers_peer_has_perm(server *s, const conn *c, int perm);
 

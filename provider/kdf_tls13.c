@@ -2,10 +2,12 @@
  * TLS13-KDF (the HKDF variant libssl uses for TLS 1.3), with p11psk handles.
  *
  * libssl's calls that involve a PSK handle:
- *   EXTRACT_ONLY, KEY = PSK handle, no SALT      -> early secret: an early-secret (ES) handle
- *                                                   for the same key, made locally
- *   EXPAND_ONLY,  KEY = ES handle                 -> binder/early keys: TLS13_EXPAND
- *   EXTRACT_ONLY, SALT = ES handle, KEY = (EC)DHE -> handshake secret: TLS13_EXTRACT
+ *   EXTRACT_ONLY, KEY = PSK handle, no SALT      -> early secret: an early-secret (ES)
+ *                                                   placeholder, made locally and mapped
+ *                                                   back to the PSK handle (keymap.c)
+ *   EXPAND_ONLY,  KEY = ES placeholder            -> binder/early keys: TLS13_EXPAND
+ *   EXTRACT_ONLY, SALT = ES placeholder, KEY = (EC)DHE -> handshake secret: TLS13_EXTRACT
+ * EXPAND and EXTRACT send p11pskd the PSK handle; placeholders never leave the process.
  * Everything without a handle goes to another provider unchanged.
  */
 #include "prov.h"
@@ -88,14 +90,14 @@ static int check_hash_outlen(const P11PSK_KDF_CTX *ctx, int md, size_t outlen)
 }
 
 /*
- * Early secret of a PSK handle: an early-secret (ES) handle stands in for it. The ES handle
- * names the same CKA_ID, so it is made here without a round trip to p11pskd (which still
- * answers TLS13_EARLY for other clients); the key and the ACL are checked by the expand or
- * extract that follows, and a failure there names the cause just the same.
+ * Early secret of a PSK handle: an ES placeholder stands in for it (handle.h). It is made
+ * here without a round trip to p11pskd; the key, the handle's tag and the ACL are checked by
+ * the expand or extract that follows, and a failure there names the cause just the same.
  */
 static int tls13_early(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
+    uint8_t psk[P11PSK_HANDLE_LEN];
     p11psk_handle h;
     int md;
 
@@ -103,21 +105,35 @@ static int tls13_early(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
         p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_PSK, 0, &h) != 0 ||
         check_hash_outlen(ctx, md, outlen) != 0)
         return -1;
-    h.type = P11PSK_HT_TLS13_ES;
-    h.digest = (uint8_t)md;
-    if (p11psk_handle_encode(&h, out, outlen) != 0) {
+    /* The binary form whether the application gave binary or hex: one map entry per key. */
+    if (p11psk_handle_encode(&h, psk, sizeof(psk)) != 0 ||
+        p11psk_handle_es_make(psk, md, out, outlen) != 0) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot encode a %s early-secret handle",
                      p11psk_md_name(md));
         return -1;
     }
+    p11psk_keymap_put(pc->keymap, out + P11PSK_ES_HEAD_LEN, outlen - P11PSK_ES_HEAD_LEN, psk);
     p11psk_debug("%s: early-secret handle made locally", ALG);
     return 0;
 }
 
-/* HKDF-Expand-Label from an ES handle (binder keys, early traffic, early exporter). */
+/* The PSK handle an ES placeholder (decoded into h, for md) was made from. */
+static int es_psk(const P11PSK_KDF_CTX *ctx, const p11psk_handle *h, int md, const char *what,
+                  uint8_t psk[P11PSK_HANDLE_LEN])
+{
+    if (p11psk_keymap_get(ctx->provctx->keymap, h->ref, p11psk_md_size(md) - P11PSK_ES_HEAD_LEN,
+                          psk) == 0)
+        return 0;
+    P11PSK_RAISE(ctx->provctx, P11PSK_R_BAD_HANDLE,
+                 "%s: early-secret handle not made by this process's p11psk provider", what);
+    return -1;
+}
+
+/* HKDF-Expand-Label from an ES placeholder (binder keys, early traffic, early exporter). */
 static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
+    uint8_t psk[P11PSK_HANDLE_LEN];
     p11psk_frame fr;
     p11psk_handle h;
     int md;
@@ -125,7 +141,8 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
         p11psk_kdf_decode(pc, ALG " key", ctx->key.p, ctx->key.len, P11PSK_HT_TLS13_ES, md, &h) !=
             0 ||
-        need(ctx, &ctx->prefix, "a prefix") != 0 || need(ctx, &ctx->label, "a label") != 0)
+        es_psk(ctx, &h, md, ALG " key", psk) != 0 || need(ctx, &ctx->prefix, "a prefix") != 0 ||
+        need(ctx, &ctx->label, "a label") != 0)
         return -1;
     if (outlen == 0 || outlen > P11PSK_WIRE_OUT_MAX) {
         P11PSK_RAISE(pc, P11PSK_R_UNSUPPORTED, "%s expand: output length %zu (1..%d supported)",
@@ -134,7 +151,7 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     }
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXPAND);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
-    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->key.p, ctx->key.len);
+    p11psk_frame_add(&fr, P11PSK_T_HANDLE, psk, sizeof(psk));
     p11psk_frame_add(&fr, P11PSK_T_PREFIX, ctx->prefix.p, ctx->prefix.len);
     p11psk_frame_add(&fr, P11PSK_T_LABEL, ctx->label.p, ctx->label.len);
     if (ctx->data.p != NULL)
@@ -143,10 +160,11 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     return p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen);
 }
 
-/* Handshake secret: salt = ES handle, key = (EC)DHE secret or absent (zeros). */
+/* Handshake secret: salt = ES placeholder, key = (EC)DHE secret or absent (zeros). */
 static int tls13_extract(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
+    uint8_t psk[P11PSK_HANDLE_LEN];
     p11psk_frame fr;
     p11psk_handle h;
     int md;
@@ -160,12 +178,12 @@ static int tls13_extract(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     if ((md = p11psk_kdf_md(pc, ALG, ctx->digest)) == P11PSK_MD_NONE ||
         p11psk_kdf_decode(pc, ALG " salt", ctx->salt.p, ctx->salt.len, P11PSK_HT_TLS13_ES, md,
                           &h) != 0 ||
-        need(ctx, &ctx->prefix, "a prefix") != 0 || need(ctx, &ctx->label, "a label") != 0 ||
-        check_hash_outlen(ctx, md, outlen) != 0)
+        es_psk(ctx, &h, md, ALG " salt", psk) != 0 || need(ctx, &ctx->prefix, "a prefix") != 0 ||
+        need(ctx, &ctx->label, "a label") != 0 || check_hash_outlen(ctx, md, outlen) != 0)
         return -1;
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXTRACT);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
-    p11psk_frame_add(&fr, P11PSK_T_HANDLE, ctx->salt.p, ctx->salt.len);
+    p11psk_frame_add(&fr, P11PSK_T_HANDLE, psk, sizeof(psk));
     p11psk_frame_add(&fr, P11PSK_T_PREFIX, ctx->prefix.p, ctx->prefix.len);
     p11psk_frame_add(&fr, P11PSK_T_LABEL, ctx->label.p, ctx->label.len);
     if (ctx->key.p != NULL)

@@ -37,6 +37,18 @@ enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
 #define P11PSK_KDF_TLS13_NAME "TLS13-KDF"
 #define P11PSK_KDF_TLS1_PRF_NAME "TLS1-PRF"
 
+/* keymap.c: early-secret placeholder reference -> PSK handle (binary), per provider. */
+#define P11PSK_KEYMAP_MAX 1024
+typedef struct p11psk_keymap p11psk_keymap;
+p11psk_keymap *p11psk_keymap_new(void);
+void p11psk_keymap_free(p11psk_keymap *km); /* cleanses; NULL is fine */
+/* Remembers ref -> psk; the oldest entry goes when the map is full. */
+void p11psk_keymap_put(p11psk_keymap *km, const uint8_t *ref, size_t reflen,
+                       const uint8_t psk[P11PSK_HANDLE_LEN]);
+/* 0 and psk, or -1 if ref is unknown (evicted, or made by another process). */
+int p11psk_keymap_get(p11psk_keymap *km, const uint8_t *ref, size_t reflen,
+                      uint8_t psk[P11PSK_HANDLE_LEN]);
+
 typedef struct p11psk_prov_ctx {
     const OSSL_CORE_HANDLE *handle;
     OSSL_LIB_CTX *libctx; /* child of the application's libctx, for delegation */
@@ -50,6 +62,7 @@ typedef struct p11psk_prov_ctx {
      * property query of its own is a slow path in OpenSSL 3.0. */
     pthread_mutex_t delegate_lock;
     EVP_KDF *delegate[P11PSK_KDF_COUNT]; /* by enum p11psk_kdf_id */
+    p11psk_keymap *keymap;               /* early-secret placeholders made here */
 } P11PSK_PROV_CTX;
 
 /* Error reasons; the strings are registered with the core (provider.c). */

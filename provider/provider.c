@@ -158,6 +158,7 @@ static void p11psk_teardown(void *vctx)
     for (i = 0; i < P11PSK_KDF_COUNT; i++)
         EVP_KDF_free(pc->delegate[i]);
     pthread_mutex_destroy(&pc->delegate_lock);
+    p11psk_keymap_free(pc->keymap);
     OSSL_LIB_CTX_free(pc->libctx);
     OPENSSL_free(pc);
 }
@@ -254,8 +255,11 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         p11psk_debug("invalid configuration: %s", pc->config_error);
     /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
-    if (pc->libctx == NULL) {
-        P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context");
+    pc->keymap = p11psk_keymap_new();
+    if (pc->libctx == NULL || pc->keymap == NULL) {
+        P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context or keymap");
+        OSSL_LIB_CTX_free(pc->libctx);
+        p11psk_keymap_free(pc->keymap);
         pthread_mutex_destroy(&pc->delegate_lock);
         OPENSSL_free(pc);
         return 0;

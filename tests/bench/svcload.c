@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "handlekey.h"
 #include "p11psk/clock.h"
 #include "p11psk/handle.h"
 #include "p11psk/wire.h"
@@ -53,16 +54,20 @@ static int bench_token_open(const char *conf, p11psk_config *cfg, p11psk_token *
     return 1;
 }
 
-/* The PSK handle of key k. */
-static int key_handle(const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
+/* The PSK handle of key k, tagged with the token's handle key (created if missing). mk is
+ * derived once per bench run: every run opens the same configured token. */
+static int key_handle(p11psk_token *tok, const p11psk_key *k, uint8_t out[P11PSK_HANDLE_LEN])
 {
-    p11psk_handle h;
+    static p11psk_handlekey *hk;
+    p11psk_err err;
 
-    memset(&h, 0, sizeof(h));
-    h.type = P11PSK_HT_PSK;
-    h.idlen = (uint8_t)k->idlen;
-    memcpy(h.id, k->id, k->idlen);
-    return p11psk_handle_encode(&h, out, P11PSK_HANDLE_LEN) == 0; /* 1: made */
+    if (hk == NULL && (hk = p11psk_handlekey_new()) == NULL)
+        return 0;
+    if (!p11psk_handlekey_ready(hk) && p11psk_handlekey_load(hk, tok, 1, &err) != P11PSK_ST_OK) {
+        fprintf(stderr, "p11psk-bench: handle key: %s\n", err.msg);
+        return 0;
+    }
+    return p11psk_handlekey_make(hk, k->id, k->idlen, out) == 0; /* 1: made */
 }
 
 int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, bench_keys *out)
@@ -129,7 +134,7 @@ int bench_keys_make(const char *conf, size_t n, const char *prefix, int create, 
                 goto out;
             }
         }
-        if (!key_handle(&k, out->handles[i].b))
+        if (!key_handle(tok, &k, out->handles[i].b))
             goto out;
         out->n++;
     }
@@ -173,7 +178,7 @@ int bench_key_known(const char *conf, const char *label, uint8_t *value, size_t 
         fprintf(stderr, "p11psk-bench: creating %s: %s\n", label, err.msg);
         goto out;
     }
-    ok = key_handle(&k, handle);
+    ok = key_handle(tok, &k, handle);
 out:
     free(have);
     p11psk_token_close(tok);
@@ -242,17 +247,13 @@ static int send_request(loader *l, lconn *c, p11psk_frame *fr)
         p11psk_frame_add(fr, P11PSK_T_OTHER, other, sizeof(other));
         p11psk_frame_add(fr, P11PSK_T_SEED, seed, sizeof(seed));
         p11psk_frame_add_u16(fr, P11PSK_T_OUTLEN, 48);
-    } else { /* the binder key of a TLS 1.3 handshake: an expand of the early secret */
-        p11psk_handle es;
-        uint8_t esb[P11PSK_HANDLE_LEN], hash[32] = {0};
+    } else { /* the binder key of a TLS 1.3 handshake: an expand of the early secret, which
+              * the provider asks for with the PSK handle */
+        uint8_t hash[32] = {0};
 
-        p11psk_handle_decode(h, P11PSK_HANDLE_LEN, &es);
-        es.type = P11PSK_HT_TLS13_ES;
-        es.digest = P11PSK_MD_SHA256;
-        p11psk_handle_encode(&es, esb, sizeof(esb));
         p11psk_frame_start(fr, P11PSK_OP_TLS13_EXPAND);
         p11psk_frame_add_u8(fr, P11PSK_T_DIGEST, P11PSK_MD_SHA256);
-        p11psk_frame_add(fr, P11PSK_T_HANDLE, esb, sizeof(esb));
+        p11psk_frame_add(fr, P11PSK_T_HANDLE, h, P11PSK_HANDLE_LEN);
         p11psk_frame_add(fr, P11PSK_T_PREFIX, "tls13 ", 6);
         p11psk_frame_add(fr, P11PSK_T_LABEL, "ext binder", 10);
         p11psk_frame_add(fr, P11PSK_T_DATA, hash, sizeof(hash));

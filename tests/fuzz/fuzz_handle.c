@@ -1,5 +1,5 @@
 /*
- * libFuzzer harness: the handle decoder (binary and 64-character hex forms) and the hex
+ * libFuzzer harness: the handle decoder (binary and 96-character hex forms) and the hex
  * decoder. Handles carry a SHA-256 check value a fuzzer will not guess, so when the first
  * input byte is odd the rest is decoded as given, and when it is even the check value is
  * recomputed first so that the field checks behind it are reached too.
@@ -35,12 +35,12 @@ static void decode_checked(const uint8_t *buf, size_t len)
     int rc = p11psk_handle_decode(buf, len, &h);
 
     (void)p11psk_handle_strerror(rc);
-    CHECK(rc >= P11PSK_HANDLE_BAD_FIELD && rc <= P11PSK_HANDLE_NOT);
+    CHECK(rc >= P11PSK_HANDLE_V1 && rc <= P11PSK_HANDLE_NOT && rc != P11PSK_HANDLE_INTERNAL);
     CHECK(p11psk_handle_decode(buf, len, NULL) == rc);
     CHECK((rc == P11PSK_HANDLE_NOT) == !p11psk_handle_has_magic(buf, len));
     if (rc != P11PSK_HANDLE_OK)
         return;
-    CHECK(h.idlen >= 1 && h.idlen <= P11PSK_ID_MAX);
+    CHECK(h.type != P11PSK_HT_PSK || (h.idlen >= 1 && h.idlen <= P11PSK_ID_MAX));
     CHECK(h.type == P11PSK_HT_PSK ? h.digest == P11PSK_MD_NONE
                                   : h.type == P11PSK_HT_TLS13_ES && p11psk_md_size(h.digest));
     /* A valid handle is exactly what encode makes of the decoded fields. */

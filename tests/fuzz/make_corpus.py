@@ -65,9 +65,14 @@ def table_rows():
 
 
 def handle(htype, digest, kid, n):
-    body = MAGIC + bytes([1, htype, digest, len(kid)]) + kid.ljust(16, b"\0")
-    body = body.ljust(n - 6, b"\0")
-    return body + hashlib.sha256(body).digest()[:6]
+    """Version 2 layout (include/p11psk/handle.h); the tag is a fixed stand-in: the decoder
+    lays out bytes, only p11pskd with the token's handle key judges a tag."""
+    if htype == 1:
+        body = MAGIC + bytes([2, htype, digest, len(kid)]) + kid.ljust(16, b"\0")
+        body += bytes(range(0x10, 0x20))  # tag
+        return body + hashlib.sha256(body).digest()[:6]
+    ref = hashlib.sha256(kid + bytes([digest])).digest()[: n - 9]
+    return (MAGIC + bytes([2, htype, digest]) + ref).ljust(n, b"\0")
 
 
 def field(tag, value):
@@ -79,7 +84,7 @@ def frame(code, *fields, version=1):
     return struct.pack(">I", len(body)) + body
 
 
-PSK = handle(1, 0, bytes.fromhex("0a0b0c0d"), 32)
+PSK = handle(1, 0, bytes.fromhex("0a0b0c0d"), 48)
 ES256 = handle(2, 1, bytes.fromhex("00112233445566778899aabbccddeeff"), 32)
 ES384 = handle(2, 2, b"\x01", 48)
 
@@ -149,20 +154,21 @@ handles = {  # first byte 0x01: decoded as given; 0x00: check value recomputed
     "es-sha384": b"\x01" + ES384,
     "es-hex-refused": b"\x01" + ES256.hex().encode(),
     "bad-check": b"\x01" + PSK[:-1] + bytes([PSK[-1] ^ 1]),
-    "bad-version": b"\x00" + PSK[:6] + b"\x02" + PSK[7:],
+    "bad-version": b"\x00" + PSK[:6] + b"\x03" + PSK[7:],
+    "version-1": b"\x00" + PSK[:6] + b"\x01" + PSK[7:32],
     "bad-idlen": b"\x00" + PSK[:9] + b"\x11" + PSK[10:],
-    "padding": b"\x00" + PSK[:28] + b"\x01" + PSK[29:],
+    "padding": b"\x00" + PSK[:24] + b"\x01" + PSK[25:],
     "short": b"\x01" + MAGIC + b"\x01",
     "long": b"\x01" + PSK + b"\x00" * 20,
     "not-a-handle": b"\x01" + b"0123456789abcdef0123456789abcdef",
-    "hex-bad-char": b"\x01" + b"d1703131706b" + b"g" * 52,
+    "hex-bad-char": b"\x01" + b"d1703131706b" + b"g" * 84,
 }
 
 premaster = {
-    "plain-handle": struct.pack(">H", 32) + bytes(32) + struct.pack(">H", 32) + PSK,
-    "plain-hex-handle": struct.pack(">H", 64) + bytes(64) + struct.pack(">H", 64)
+    "plain-handle": struct.pack(">H", 32) + bytes(32) + struct.pack(">H", len(PSK)) + PSK,
+    "plain-hex-handle": struct.pack(">H", 64) + bytes(64) + struct.pack(">H", 96)
     + PSK.hex().encode(),
-    "ecdhe-handle": struct.pack(">H", 32) + bytes(range(32)) + struct.pack(">H", 32) + PSK,
+    "ecdhe-handle": struct.pack(">H", 32) + bytes(range(32)) + struct.pack(">H", len(PSK)) + PSK,
     "raw-key": struct.pack(">H", 16) + bytes(16) + struct.pack(">H", 16) + b"k" * 16,
     "empty-parts": bytes(4),
     "short": b"\x00\x01\x00",

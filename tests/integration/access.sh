@@ -6,10 +6,10 @@
 # shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || skip "needs root to create throwaway users"
-UA=p11psk-it-a
-UB=p11psk-it-b
-GS=p11psk-it-sock
-GB=p11psk-it-grpb
+UA=p11psk-t$$-a
+UB=p11psk-t$$-b
+GS=p11psk-t$$-sock
+GB=p11psk-t$$-grpb
 cleanup_users() {
     userdel "$UA" 2>/dev/null || true
     userdel "$UB" 2>/dev/null || true

@@ -32,7 +32,7 @@ done
 
 check "add --generate (default 32)" "${P[@]}" add gen
 h=$(cat "$T/out")
-[[ $h =~ ^[0-9a-f]{64}$ ]] && pass "add prints a 32-byte hex handle" || fail "add printed '$h'"
+[[ $h =~ ^[0-9a-f]{96}$ ]] && pass "add prints a 48-byte hex handle" || fail "add printed '$h'"
 check "handle gen" "${P[@]}" handle gen
 [ "$(cat "$T/out")" = "$h" ] && pass "handle matches add's output" || fail "handle differs"
 
@@ -40,7 +40,7 @@ check "add --generate 48 --readable" "${P[@]}" add rd --generate 48 --readable
 raw=$(rand_hex_importable 32)
 import_aes imp "$raw"
 check "handle of a softhsm2-util key" "${P[@]}" handle imp
-[[ $(cat "$T/out") =~ ^[0-9a-f]{64}$ ]] && pass "imported key has a handle" || fail "no handle"
+[[ $(cat "$T/out") =~ ^[0-9a-f]{96}$ ]] && pass "imported key has a handle" || fail "no handle"
 
 check "list" "${P[@]}" list
 grep -E '^gen[[:space:]].*generic.*[[:space:]]32[[:space:]].*no' "$T/out" >/dev/null &&

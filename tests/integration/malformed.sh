@@ -94,9 +94,10 @@ STALL=$!
 PIDS+=("$STALL")
 sleep 0.3
 
-# 3. Slow writers (one byte every 50 ms), three at once, and a frame split at every byte.
+# 3. Slow writers (one byte every 40 ms: the 61-byte request with its 48-byte handle takes
+# 2.4 s, inside request-timeout-ms), three at once, and a frame split at every byte.
 for i in 1 2 3; do
-    "$BAD" "$SOCK" slow 50 "$h" >"$T/slow$i.out" 2>&1 &
+    "$BAD" "$SOCK" slow 40 "$h" >"$T/slow$i.out" 2>&1 &
     eval "SLOW$i=\$!"
     PIDS+=("$!")
 done

@@ -34,7 +34,7 @@ h1=$(add_hex sensor1 "$raw1")
 raw2=$(rand_hex_importable 32)
 import_aes sensor2 "$raw2"
 h2=$(handle_of sensor2)
-if [ "${#h1}" != 64 ] || [ "${#h2}" != 64 ]; then die "bad handles '$h1' '$h2'"; fi
+if [ "${#h1}" != 96 ] || [ "${#h2}" != 96 ]; then die "bad handles '$h1' '$h2'"; fi
 
 # key KIND N: sensorN's key as a peer of that kind holds it.
 key() { if [ "$1" = handle ]; then eval echo "\$h$2"; else eval echo "\$raw$2"; fi; }

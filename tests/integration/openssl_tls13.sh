@@ -11,7 +11,7 @@ import_aes imported "$raw_imp"
 h_imp=$(handle_of imported)
 raw_add=$(rand_hex 48)
 h_add=$(add_hex added "$raw_add")
-[[ ${#h_imp} -eq 64 && ${#h_add} -eq 64 ]] || die "handles are not 32 bytes of hex"
+[[ ${#h_imp} -eq 96 && ${#h_add} -eq 96 ]] || die "handles are not 48 bytes of hex"
 
 for k in imp add; do
     raw=raw_$k

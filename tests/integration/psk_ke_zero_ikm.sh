@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # allow-psk-ke = no must refuse TLS 1.3 psk_ke however the client spells "no (EC)DHE": an
 # EXTRACT without IKM, and one whose IKM is all zero bytes (what OpenSSL passes for psk_ke).
-# A non-zero IKM on the same early-secret handle is the control that the key is served.
+# A non-zero IKM on the same handle is the control that the key is served.
 . "$(dirname "$0")/lib.sh"
 setup_token
 BASE=$(cat "$T/p11pskd.conf")
@@ -25,20 +25,14 @@ zeros() { [ "$1" -gt 0 ] && printf '00%.0s' $(seq "$1"); true; }
 
 import_aes k32 "$(rand_hex_importable 32)"
 psk=$(handle_of k32)
-[ ${#psk} = 64 ] || die "handle_of printed '$psk'"
+[ ${#psk} = 96 ] || die "handle_of printed '$psk'"
 
-# es_handle DIGEST-ID LEN: the early-secret handle of k32, built as common/handle.c lays it
-# out (type 2, the digest, the PSK handle's key reference, SHA-256 check over the rest).
-es_handle() {
-    local md=$1 n=$2 head chk
-    head=${psk:0:14}02$(printf '%02x' "$md")${psk:18:34}$(zeros $((n - 26 - 6)))
-    chk=$(printf '%s' "$head" | xxd -r -p | sha256sum | cut -c1-12)
-    printf '%s%s' "$head" "$chk"
-}
-es256=$(es_handle 1 32)
-es384=$(es_handle 2 48)
+# Since handles v2 the provider keeps early-secret placeholders to itself and sends p11pskd
+# the PSK handle with the digest, so EXTRACT takes the PSK handle (binary) for both digests.
+es256=$psk
+es384=$psk
 
-# extract MD-ID ES-HANDLE [IKM-HEX]: a TLS13_EXTRACT frame ("tls13 " "derived").
+# extract MD-ID PSK-HANDLE [IKM-HEX]: a TLS13_EXTRACT frame ("tls13 " "derived").
 extract() {
     local body
     body=0112$(field 01 "$(printf '%02x' "$1")")$(field 02 "$2")$(field 03 746c73313320)

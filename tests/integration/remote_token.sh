@@ -40,7 +40,7 @@ remote_conf "$P11KIT_ADDR"
 # the token on the server side.
 raw_add=$(rand_hex 32)
 h_add=$(add_hex added "$raw_add") || die "p11psk add through p11-kit-client failed"
-[ "${#h_add}" -eq 64 ] && pass "p11psk add through p11-kit-client.so prints a handle" ||
+[ "${#h_add}" -eq 96 ] && pass "p11psk add through p11-kit-client.so prints a handle" ||
     fail "p11psk add through p11-kit-client.so printed '$h_add'"
 raw_imp=$(rand_hex_importable 32)
 import_aes imported "$raw_imp"

@@ -234,7 +234,7 @@ IDENT=tunnel
 raw=$(rand_hex_importable 32)
 import_aes "$IDENT" "$raw"
 h=$(handle_of "$IDENT")
-[ "${#h}" = 64 ] || die "handle of $IDENT is not 64 hex digits: $h"
+[ "${#h}" = 96 ] || die "handle of $IDENT is not 96 hex digits: $h"
 
 for ver in tls13 tls12; do
     tunnel_case "$ver: client handle, server raw" "$ver" raw "$raw" handle "$h"

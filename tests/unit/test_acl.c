@@ -126,6 +126,31 @@ START_TEST(uid_and_gid_both_needed)
 }
 END_TEST
 
+/* Uniform denial: a peer no key rule could match, whatever the key's label. */
+START_TEST(peer_has_any_rule)
+{
+    p11psk_acl acl = {0};
+    static const gid_t supp[] = {65534};
+    p11psk_acl_peer daemon_u = peer(1, 1), other = peer(1000, 1000), in_group = peer(1000, 1000);
+
+    in_group.groups = supp;
+    in_group.ngroups = 1;
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &daemon_u), 0); /* no rules at all */
+    add(&acl, "web-* uid=daemon", "t:1");
+    add(&acl, "mqtt-* gid=nogroup", "t:2");
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &daemon_u), 1);
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &in_group), 1); /* supplementary */
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &other), 0);
+    /* status and admin rules grant no key */
+    ck_assert(p11psk_acl_add_perm(&acl, P11PSK_ACL_ADMIN, "uid=1000", "t:3", err, sizeof(err)));
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &other), 0);
+    /* a rule without conditions could match everyone */
+    add(&acl, "public-*", "t:4");
+    ck_assert_int_eq(p11psk_acl_peer_has_any_rule(&acl, &other), 1);
+    p11psk_acl_free(&acl);
+}
+END_TEST
+
 /* Any one rule grants; the first that matches is the one reported (its FILE:LINE). */
 START_TEST(several_rules)
 {
@@ -286,6 +311,7 @@ int main(void)
     tcase_add_test(tc, gid_primary_and_supplementary);
     tcase_add_test(tc, uid_and_gid_both_needed);
     tcase_add_test(tc, several_rules);
+    tcase_add_test(tc, peer_has_any_rule);
     tcase_add_test(tc, many_rules_grow);
     tcase_add_test(tc, status_and_admin);
     tcase_add_loop_test(tc, bad_rule_errors, 0, sizeof(bad_rules) / sizeof(bad_rules[0]));
