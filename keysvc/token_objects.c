@@ -118,17 +118,19 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
 {
     CK_BBOOL sens = CK_TRUE, extr = CK_FALSE;
     CK_ULONG vlen = 0;
+    CK_DATE end;
     CK_ATTRIBUTE len_t[] = {{CKA_ID, NULL, 0}, {CKA_LABEL, NULL, 0}};
     CK_ATTRIBUTE t[] = {
         {CKA_KEY_TYPE, &k->type, sizeof(k->type)},
         {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
         {CKA_SENSITIVE, &sens, sizeof(sens)},
         {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+        {CKA_END_DATE, &end, sizeof(end)}, /* validity: checked per request (handlers.c) */
         {CKA_ID, k->id, 0},
         {CKA_LABEL, NULL, 0},
     };
     char *label = NULL;
-    CK_ULONG n = 4;
+    CK_ULONG n = 5;
 
     memset(k, 0, sizeof(*k));
     k->obj = obj;
@@ -146,8 +148,8 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
     if (len_t[1].ulValueLen != CK_UNAVAILABLE_INFORMATION && len_t[1].ulValueLen > 0) {
         if ((label = calloc(1, len_t[1].ulValueLen + 1)) == NULL)
             return p11psk_call_end(c, "C_GetAttributeValue", CKR_HOST_MEMORY, err);
-        if (n == 4) /* keep the template dense */
-            t[4] = t[5];
+        if (n == 5) /* keep the template dense */
+            t[5] = t[6];
         t[n].type = CKA_LABEL;
         t[n].pValue = label;
         t[n++].ulValueLen = len_t[1].ulValueLen;
@@ -163,6 +165,7 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
     k->len = t[1].ulValueLen != CK_UNAVAILABLE_INFORMATION ? vlen : 0;
     k->readable = t[2].ulValueLen != CK_UNAVAILABLE_INFORMATION &&
                   t[3].ulValueLen != CK_UNAVAILABLE_INFORMATION && !sens && extr;
+    token_key_set_end_date(k, &end, t[4].ulValueLen);
     if (label != NULL) {
         snprintf(k->label, sizeof(k->label), "%s", label);
         free(label);
@@ -355,6 +358,35 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
         ids_add(tok, key);
     pthread_rwlock_unlock(&tok->cachelock);
     return P11PSK_ST_OK;
+}
+
+struct expiry_count {
+    long long now, soon_end;
+    size_t expired, soon;
+};
+
+static int count_expiry(p11psk_hnode *node, void *arg)
+{
+    const struct id_ent *e = (const struct id_ent *)node;
+    struct expiry_count *c = arg;
+
+    if (p11psk_key_expired(&e->key, c->now))
+        c->expired++;
+    else if (e->key.expires_at != 0 && e->key.expires_at <= c->soon_end)
+        c->soon++;
+    return 0; /* a visit, not an unlink */
+}
+
+void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long within_s,
+                                size_t *expired, size_t *soon)
+{
+    struct expiry_count c = {now, now + within_s, 0, 0};
+
+    pthread_rwlock_wrlock(&tok->cachelock);
+    p11psk_htable_unlink_if(&tok->ids, count_expiry, &c);
+    pthread_rwlock_unlock(&tok->cachelock);
+    *expired = c.expired;
+    *soon = c.soon;
 }
 
 /* ---- the CLI's search by label ---- */
