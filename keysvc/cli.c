@@ -353,6 +353,38 @@ static void not_after_arg(const char *usage, const char *arg, CK_DATE *d, const 
     *out = d;
 }
 
+/* Makes sure the token can return key k's end date d (NULL: none): where it cannot keep
+ * CKA_END_DATE readable, the mirror object carries it. Returns 0, or -1 after saying why. */
+static int keep_end_date(p11psk_token *tok, p11psk_key *k, const CK_DATE *d, const char *had)
+{
+    char s[11];
+    p11psk_err err;
+    long long end;
+    CK_DATE tmp;
+
+    if (d == NULL) {
+        if (had[0] != '\0' && p11psk_token_mirror_end_date(tok, k, NULL, &err) != P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: note: cannot remove the old end date mirror: %s\n", err.msg);
+        return 0;
+    }
+    snprintf(s, sizeof(s), "%.4s-%.2s-%.2s", (const char *)d->year, (const char *)d->month,
+             (const char *)d->day);
+    if (strcmp(k->not_after, s) == 0)
+        return 0; /* the token returns CKA_END_DATE itself */
+    if (p11psk_token_mirror_end_date(tok, k, d, &err) != P11PSK_ST_OK) {
+        fprintf(stderr,
+                "p11psk: token '%s' does not return the CKA_END_DATE of key '%s' and the "
+                "mirror object failed: %s\n",
+                p11psk_token_label(tok), k->label, err.msg);
+        return -1;
+    }
+    if (p11psk_date_parse(s, &tmp, &end) == 0) {
+        memcpy(k->not_after, s, sizeof(k->not_after));
+        k->expires_at = end;
+    }
+    return 0;
+}
+
 /* Warns when a new key's date is already past: allowed (tests, staged rollouts), never
  * silent. */
 static void note_expiry(const p11psk_key *k)
@@ -553,6 +585,11 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
     }
     /* stdout is the handle alone (scripts take it with $(...)); the URI goes to stderr. */
     key_uri(tok, &key, uri);
+    if (keep_end_date(tok, &key, nk.not_after, "") != 0) {
+        if (p11psk_token_destroy_key(tok, &key, &err) == P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: removed the new key again; nothing was changed\n");
+        goto out;
+    }
     fprintf(stderr, "created %s (%zu bytes%s)\n", uri, key.len, key.readable ? ", readable" : "");
     note_expiry(&key);
     rc = print_handle(&key) ? 0 : 1;
@@ -702,6 +739,8 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
             rc = 1;
             continue;
         }
+        if (keys[i].not_after[0] != '\0') /* its end date mirror, where there is one */
+            p11psk_token_mirror_end_date(tok, &keys[i], NULL, &err);
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
     }
 out:
@@ -922,6 +961,11 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     if (p11psk_token_create_key(tok, &nk, &newk, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: cannot create the new key for %s: %s; nothing was changed\n",
                 uri, err.msg);
+        goto out;
+    }
+    if (keep_end_date(tok, &newk, na, old.not_after) != 0) {
+        if (p11psk_token_destroy_key(tok, &newk, &err2) == P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: removed the new key again; nothing was changed\n");
         goto out;
     }
     if (p11psk_token_destroy_key(tok, &old, &err) != P11PSK_ST_OK) {

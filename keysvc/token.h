@@ -104,6 +104,13 @@ int p11psk_date_parse(const char *s, CK_DATE *d, long long *end);
 void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long within_s,
                                 size_t *expired, size_t *soon);
 
+/* Keeps key's end date (NULL: none) in a mirror object for tokens that cannot return
+ * CKA_END_DATE of a private key (SoftHSM 2.6: softhsm/SoftHSMv2#655): a private CKO_DATA
+ * object labelled "p11psk-not-after/<CKA_ID hex>" holding "YYYYMMDD". Replaces any earlier
+ * mirror for the CKA_ID; with d == NULL only removes it. */
+int p11psk_token_mirror_end_date(p11psk_token *tok, const p11psk_key *key, const CK_DATE *d,
+                                 p11psk_err *err);
+
 /* Every secret key (label == NULL) or those labelled label. *keys is malloc'd (free()).
  * Keys of unsupported types are skipped. Returns P11PSK_ST_OK or P11PSK_ST_TOKEN. */
 int p11psk_token_list(p11psk_token *tok, const char *label, p11psk_key **keys, size_t *n,

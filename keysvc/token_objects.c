@@ -118,19 +118,17 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
 {
     CK_BBOOL sens = CK_TRUE, extr = CK_FALSE;
     CK_ULONG vlen = 0;
-    CK_DATE end;
     CK_ATTRIBUTE len_t[] = {{CKA_ID, NULL, 0}, {CKA_LABEL, NULL, 0}};
     CK_ATTRIBUTE t[] = {
         {CKA_KEY_TYPE, &k->type, sizeof(k->type)},
         {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
         {CKA_SENSITIVE, &sens, sizeof(sens)},
         {CKA_EXTRACTABLE, &extr, sizeof(extr)},
-        {CKA_END_DATE, &end, sizeof(end)}, /* validity: checked per request (handlers.c) */
         {CKA_ID, k->id, 0},
         {CKA_LABEL, NULL, 0},
     };
     char *label = NULL;
-    CK_ULONG n = 5;
+    CK_ULONG n = 4;
 
     memset(k, 0, sizeof(*k));
     k->obj = obj;
@@ -148,8 +146,8 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
     if (len_t[1].ulValueLen != CK_UNAVAILABLE_INFORMATION && len_t[1].ulValueLen > 0) {
         if ((label = calloc(1, len_t[1].ulValueLen + 1)) == NULL)
             return p11psk_call_end(c, "C_GetAttributeValue", CKR_HOST_MEMORY, err);
-        if (n == 5) /* keep the template dense */
-            t[5] = t[6];
+        if (n == 4) /* keep the template dense */
+            t[4] = t[5];
         t[n].type = CKA_LABEL;
         t[n].pValue = label;
         t[n++].ulValueLen = len_t[1].ulValueLen;
@@ -165,11 +163,11 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
     k->len = t[1].ulValueLen != CK_UNAVAILABLE_INFORMATION ? vlen : 0;
     k->readable = t[2].ulValueLen != CK_UNAVAILABLE_INFORMATION &&
                   t[3].ulValueLen != CK_UNAVAILABLE_INFORMATION && !sens && extr;
-    token_key_set_end_date(k, &end, t[4].ulValueLen);
     if (label != NULL) {
         snprintf(k->label, sizeof(k->label), "%s", label);
         free(label);
     }
+    token_key_read_end_date(tok, sess, k); /* validity: checked per request (handlers.c) */
     return CKR_OK;
 }
 
