@@ -473,7 +473,7 @@ static void print_json(const status_info *si)
 static void unreachable(const char *why)
 {
     fprintf(stderr,
-            "p11psk: cannot reach p11pskd: %s. Is p11pskd running (systemctl status "
+            "p11psk: cannot reach p11pskd: %s; is p11pskd running (systemctl status "
             "p11pskd)? With \"Permission denied\" this user is not in the socket's group "
             "(socket-group in p11pskd.conf; e.g. usermod -aG p11psk USER, then log in "
             "again). Give another socket with --socket PATH\n",
