@@ -25,7 +25,7 @@ void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, siz
 typedef struct {
     char label[P11PSK_KEY_LABEL_MAX];
     uint8_t id[P11PSK_KEY_ID_MAX];
-    size_t idlen; /* 0: any CKA_ID */
+    size_t idlen;   /* 0: any CKA_ID */
     char token[33]; /* "" : any token */
     int is_uri;
 } p11psk_id_arg;

@@ -164,8 +164,8 @@ int p11psk_cli_export(const p11psk_config *cfg, int argc, char **argv)
             fputs(p11psk_usage_export, stdout);
             return 0;
         } else {
-            fprintf(stderr, "p11psk: unknown option or missing value: '%s'\n%s",
-                    argv[optind - 1], p11psk_usage_export);
+            fprintf(stderr, "p11psk: unknown option or missing value: '%s'\n%s", argv[optind - 1],
+                    p11psk_usage_export);
             return 2;
         }
     }
@@ -194,9 +194,8 @@ int p11psk_cli_export(const p11psk_config *cfg, int argc, char **argv)
 
         if (strncmp(k->label, INTERNAL_LABEL_PREFIX, strlen(INTERNAL_LABEL_PREFIX)) == 0)
             continue;
-        if (match != NULL && (strncmp(match, "pkcs11:", 7) == 0
-                                  ? !p11psk_cli_id_match(&ia, tl, k)
-                                  : fnmatch(match, k->label, 0) != 0))
+        if (match != NULL && (strncmp(match, "pkcs11:", 7) == 0 ? !p11psk_cli_id_match(&ia, tl, k)
+                                                                : fnmatch(match, k->label, 0) != 0))
             continue;
         why = unfit(f, k->label);
         if (why == NULL && dup)

@@ -88,9 +88,9 @@ static int keep_top(p11psk_hnode *node, void *varg)
     struct top_arg *a = varg;
     size_t i = a->n;
 
-    while (i > 0 && (a->rows[i - 1].requests < r->requests ||
-                     (a->rows[i - 1].requests == r->requests &&
-                      strcmp(a->rows[i - 1].label, r->label) > 0)))
+    while (i > 0 &&
+           (a->rows[i - 1].requests < r->requests ||
+            (a->rows[i - 1].requests == r->requests && strcmp(a->rows[i - 1].label, r->label) > 0)))
         i--;
     if (i >= a->cap)
         return 0;

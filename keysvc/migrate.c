@@ -491,8 +491,7 @@ static int write_backup(const psk_file *pf, const char *backup)
                 strerror(errno));
         return 0;
     }
-    if (fchmod(fd, 0600) != 0 || p11psk_write_all(fd, pf->buf, pf->size) != 0 ||
-        fsync(fd) != 0) {
+    if (fchmod(fd, 0600) != 0 || p11psk_write_all(fd, pf->buf, pf->size) != 0 || fsync(fd) != 0) {
         fprintf(stderr, "p11psk: cannot write backup %s: %s\n", backup, strerror(errno));
         close(fd);
         unlink(backup);

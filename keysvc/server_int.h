@@ -70,7 +70,7 @@ typedef struct {
  * latency histogram by operation, and the per-key usage. */
 typedef struct {
     atomic_ulong req[P11PSK_OP_SLOTS][P11PSK_ST_MAX_];
-    atomic_ulong connections; /* accepted since start */
+    atomic_ulong connections;                             /* accepted since start */
     atomic_ulong lat[P11PSK_OP_SLOTS][STATS_LAT_BUCKETS]; /* not cumulative */
     atomic_ullong lat_sum_us[P11PSK_OP_SLOTS];
     key_usage *keys;

@@ -84,12 +84,9 @@ static int op_mirror(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, p11p
     CK_OBJECT_HANDLE objs[8], obj;
     char label[MIRROR_LABEL_MAX], app[] = "p11psk";
     CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_LABEL, label, 0},
-        {CKA_APPLICATION, app, strlen(app)},
-        {CKA_VALUE, (void *)a->d, sizeof(CK_DATE)},
+        {CKA_CLASS, &cls, sizeof(cls)},      {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},    {CKA_LABEL, label, 0},
+        {CKA_APPLICATION, app, strlen(app)}, {CKA_VALUE, (void *)a->d, sizeof(CK_DATE)},
     };
     size_t n, i;
 
