@@ -270,8 +270,12 @@ int p11psk_cli_id_parse(const char *arg, p11psk_id_arg *ia)
 
     memset(ia, 0, sizeof(*ia));
     if (strncmp(arg, "pkcs11:", 7) != 0) {
+        if (strlen(arg) >= sizeof(ia->label)) {
+            fprintf(stderr, "p11psk: ID longer than %zu bytes\n", sizeof(ia->label) - 1);
+            return -1;
+        }
         snprintf(ia->label, sizeof(ia->label), "%s", arg);
-        return strlen(arg) < sizeof(ia->label) ? 0 : -1;
+        return 0;
     }
     ia->is_uri = 1;
     if ((uri = p11_kit_uri_new()) == NULL) {
