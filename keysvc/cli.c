@@ -1,5 +1,5 @@
-/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rotate, rm, migrate, status,
- * doctor). */
+/* p11psk: manage the PSKs p11pskd serves (add, handle, list, rotate, rm; the other commands
+ * live in migrate.c, export.c, status.c and doctor.c). */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -30,7 +31,8 @@ static const char usage_main[] =
     "Manages TLS pre-shared keys kept in the PKCS#11 token that p11pskd serves.\n"
     "\n"
     "Commands:\n"
-    "  add ID [--generate N | --hex-file F] [--readable]   create a key, print its handle\n"
+    "  add ID [--generate N | --hex-file F] [--readable] [--not-after DATE]\n"
+    "                                                      create a key, print its handle\n"
     "  handle ID [--uri]                                   print the handle of key ID\n"
     "  handle --reissue-all --yes                          new handle key: new handles for\n"
     "                                                      every key, old ones refused\n"
@@ -40,6 +42,9 @@ static const char usage_main[] =
     "  rm ID [--yes]                                       remove the key(s) labelled ID\n"
     "  migrate --stunnel FILE | --mosquitto FILE           move a PSK file's keys into the\n"
     "                                                      token, leave handles in the file\n"
+    "  export --stunnel|--mosquitto [--match GLOB] [-o FILE]\n"
+    "                                                      write identity:handle lines for\n"
+    "                                                      the keys (a PSK file of handles)\n"
     "  status [--json]                                     p11pskd's health and counters\n"
     "  metrics                                             the same for Prometheus\n"
     "  doctor [--openssl-conf F] [--handle HEX] [--pid N]  check that an application really\n"
@@ -50,11 +55,12 @@ static const char usage_main[] =
     ")\n"
     "  -h, --help         show help; `p11psk COMMAND --help` for a command\n"
     "\n"
-    "ID is the key's identity (its CKA_LABEL) as used in allow rules. Commands that touch or\n"
-    "show a key name it by its pkcs11: URI (RFC 7512). See p11psk(1).\n";
+    "ID is the key's identity (its CKA_LABEL) as used in allow rules, or a pkcs11: URI\n"
+    "(RFC 7512) with object=ID. Commands that touch or show a key name it by its URI.\n"
+    "status and metrics exit 1 when p11pskd cannot be reached. See p11psk(1).\n";
 
 static const char usage_add[] =
-    "Usage: p11psk add ID [--generate N | --hex-file FILE] [--readable]\n"
+    "Usage: p11psk add ID [--generate N | --hex-file FILE] [--readable] [--not-after DATE]\n"
     "\n"
     "Creates a generic secret key labelled ID with a random 16-byte CKA_ID and prints its\n"
     "handle (96 hex characters) for the application's configuration; its pkcs11: URI goes\n"
@@ -65,7 +71,12 @@ static const char usage_add[] =
     "  --hex-file FILE  import the key from FILE holding hex (whitespace ignored, 16..512 "
     "bytes)\n"
     "  --readable       allow the daemon to read the value (needed only for TLS 1.2 with\n"
-    "                   short keys); default: sensitive and non-extractable\n";
+    "                   short keys); default: sensitive and non-extractable\n"
+    "  --not-after DATE last day (YYYY-MM-DD, UTC) p11pskd serves the key, kept as its\n"
+    "                   CKA_END_DATE; afterwards requests fail with \"key expired on DATE\".\n"
+    "                   Default: never (also `never`)\n"
+    "\n"
+    "ID may also be a pkcs11: URI whose object= is the identity.\n";
 
 static const char usage_handle[] =
     "Usage: p11psk handle ID [--uri]\n"
@@ -80,16 +91,19 @@ static const char usage_handle[] =
     "                 new handle as 'IDENTITY HANDLE' lines and tell p11pskd to use the new\n"
     "                 key. Every handle issued before is refused from then on: replace every\n"
     "                 handle file. Needs --yes\n"
-    "  -y, --yes      confirm --reissue-all\n";
+    "  -y, --yes      confirm --reissue-all\n"
+    "\n"
+    "ID may also be a pkcs11: URI (object= the identity; id= picks one CKA_ID).\n";
 
 static const char usage_list[] =
     "Usage: p11psk list [--json]\n"
     "\n"
-    "Lists the keys: identity, CKA_ID, type, length in bytes, readable, pkcs11: URI.\n"
+    "Lists the keys: identity, CKA_ID, type, length in bytes, readable, last valid day\n"
+    "(CKA_END_DATE; \"-\" never expires, \"!\" marks an expired key), pkcs11: URI.\n"
     "\n"
     "  --json  print a JSON array instead: one object per key with the fields id (the\n"
-    "          identity), ckaid (hex), type, length, readable, handle (null when the\n"
-    "          CKA_ID does not fit a handle) and uri\n";
+    "          identity), ckaid (hex), type, length, readable, not_after (\"YYYY-MM-DD\" or\n"
+    "          null), expired, handle (null when the CKA_ID does not fit a handle) and uri\n";
 
 static const char usage_rm[] =
     "Usage: p11psk rm ID [--yes]\n"
@@ -97,10 +111,13 @@ static const char usage_rm[] =
     "Destroys every key labelled ID and prints what it removed. Asks for each key when\n"
     "stdin is a terminal; otherwise refuses unless --yes is given.\n"
     "\n"
-    "  -y, --yes  remove without asking\n";
+    "  -y, --yes  remove without asking\n"
+    "\n"
+    "ID may also be a pkcs11: URI (object= the identity; id= picks one CKA_ID).\n";
 
 static const char usage_rotate[] =
     "Usage: p11psk rotate ID [--generate N | --hex-file FILE] [--readable | --not-readable]\n"
+    "                        [--not-after DATE|never]\n"
     "\n"
     "Gives key ID new key material and keeps its CKA_ID and label, so its handle stays\n"
     "valid and applications need no change. The new key is created before the old one is\n"
@@ -113,7 +130,11 @@ static const char usage_rotate[] =
     "  --hex-file FILE  the new key as hex in FILE (whitespace ignored, 16..512 bytes)\n"
     "  --readable       make the new key readable by p11pskd (TLS 1.2 with short keys)\n"
     "  --not-readable   make the new key sensitive and non-extractable\n"
-    "                   (default for both: as the current key)\n";
+    "                   (default for both: as the current key)\n"
+    "  --not-after DATE last day (YYYY-MM-DD, UTC) the new key is served, or `never`;\n"
+    "                   default: the current key's date\n"
+    "\n"
+    "ID may also be a pkcs11: URI (object= the identity; id= picks one CKA_ID).\n";
 
 static void die_usage(const char *usage, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
@@ -306,6 +327,150 @@ void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, siz
     p11_kit_uri_free(uri);
 }
 
+int p11psk_cli_id_parse(const char *arg, p11psk_id_arg *ia)
+{
+    P11KitUri *uri;
+    CK_ATTRIBUTE *a;
+    CK_TOKEN_INFO *ti;
+    size_t n;
+    int rc;
+
+    memset(ia, 0, sizeof(*ia));
+    if (strncmp(arg, "pkcs11:", 7) != 0) {
+        if (strlen(arg) >= sizeof(ia->label)) {
+            fprintf(stderr, "p11psk: ID longer than %zu bytes\n", sizeof(ia->label) - 1);
+            return -1;
+        }
+        snprintf(ia->label, sizeof(ia->label), "%s", arg);
+        return 0;
+    }
+    ia->is_uri = 1;
+    if ((uri = p11_kit_uri_new()) == NULL) {
+        fprintf(stderr, "p11psk: out of memory\n");
+        return -1;
+    }
+    rc = p11_kit_uri_parse(arg, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, uri);
+    if (rc != P11_KIT_URI_OK) {
+        fprintf(stderr, "p11psk: '%s' is not a pkcs11: URI (RFC 7512): %s\n", arg,
+                p11_kit_uri_message(rc));
+        goto fail;
+    }
+    if ((a = p11_kit_uri_get_attribute(uri, CKA_CLASS)) != NULL &&
+        (a->ulValueLen != sizeof(CK_OBJECT_CLASS) ||
+         *(CK_OBJECT_CLASS *)a->pValue != CKO_SECRET_KEY)) {
+        fprintf(stderr, "p11psk: %s: p11psk keys are type=secret-key\n", arg);
+        goto fail;
+    }
+    a = p11_kit_uri_get_attribute(uri, CKA_LABEL);
+    if (a == NULL || a->ulValueLen == 0 || a->ulValueLen >= sizeof(ia->label) ||
+        memchr(a->pValue, '\0', a->ulValueLen) != NULL) {
+        fprintf(stderr,
+                "p11psk: %s names no key: give its identity as object=ID (as `p11psk list` "
+                "shows in its URI column)\n",
+                arg);
+        goto fail;
+    }
+    memcpy(ia->label, a->pValue, a->ulValueLen);
+    if ((a = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL) {
+        if (a->ulValueLen == 0 || a->ulValueLen > sizeof(ia->id)) {
+            fprintf(stderr, "p11psk: %s: id= must hold 1..%zu bytes\n", arg, sizeof(ia->id));
+            goto fail;
+        }
+        memcpy(ia->id, a->pValue, a->ulValueLen);
+        ia->idlen = a->ulValueLen;
+    }
+    ti = p11_kit_uri_get_token_info(uri);
+    for (n = sizeof(ti->label); n > 0 && (ti->label[n - 1] == ' ' || ti->label[n - 1] == 0); n--)
+        ;
+    memcpy(ia->token, ti->label, n); /* blank-padded in PKCS#11 */
+    p11_kit_uri_free(uri);
+    return 0;
+fail:
+    p11_kit_uri_free(uri);
+    return -1;
+}
+
+int p11psk_cli_id_match(const p11psk_id_arg *ia, const char *token_label, const p11psk_key *k)
+{
+    if (ia->token[0] != '\0' && strcmp(ia->token, token_label) != 0)
+        return 0;
+    if (strcmp(ia->label, k->label) != 0)
+        return 0;
+    return ia->idlen == 0 || (ia->idlen == k->idlen && memcmp(ia->id, k->id, k->idlen) == 0);
+}
+
+int p11psk_cli_id_token_ok(const p11psk_id_arg *ia, const char *token_label)
+{
+    if (ia->token[0] == '\0' || strcmp(ia->token, token_label) == 0)
+        return 0;
+    fprintf(stderr,
+            "p11psk: the URI names token '%s' but the configuration uses token '%s'; give "
+            "--config for that token's p11pskd.conf\n",
+            ia->token, token_label);
+    return -1;
+}
+
+/* Parses --not-after: a date, or "never" (*set = 1, d = NULL). Exits with usage otherwise. */
+static void not_after_arg(const char *usage, const char *arg, CK_DATE *d, const CK_DATE **out)
+{
+    long long end;
+
+    if (strcmp(arg, "never") == 0) {
+        *out = NULL;
+        return;
+    }
+    if (p11psk_date_parse(arg, d, &end) != 0)
+        die_usage(usage, "--not-after takes a date YYYY-MM-DD (UTC) or never, not '%s'", arg);
+    *out = d;
+}
+
+/* Makes sure the token can return key k's end date d (NULL: none): where it cannot keep
+ * CKA_END_DATE readable, the mirror object carries it. Returns 0, or -1 after saying why. */
+static int keep_end_date(p11psk_token *tok, p11psk_key *k, const CK_DATE *d, const char *had)
+{
+    char s[11];
+    p11psk_err err;
+    long long end;
+    CK_DATE tmp;
+
+    if (d == NULL) {
+        if (had[0] != '\0' && p11psk_token_mirror_end_date(tok, k, NULL, &err) != P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: note: cannot remove the old end date mirror: %s\n", err.msg);
+        return 0;
+    }
+    snprintf(s, sizeof(s), "%.4s-%.2s-%.2s", (const char *)d->year, (const char *)d->month,
+             (const char *)d->day);
+    if (strcmp(k->not_after, s) == 0)
+        return 0; /* the token returns CKA_END_DATE itself */
+    if (p11psk_token_mirror_end_date(tok, k, d, &err) != P11PSK_ST_OK) {
+        fprintf(stderr,
+                "p11psk: token '%s' does not return the CKA_END_DATE of key '%s' and the "
+                "mirror object failed: %s\n",
+                p11psk_token_label(tok), k->label, err.msg);
+        return -1;
+    }
+    if (p11psk_date_parse(s, &tmp, &end) == 0) {
+        memcpy(k->not_after, s, sizeof(k->not_after));
+        k->expires_at = end;
+    }
+    return 0;
+}
+
+/* Warns when a new key's date is already past: allowed (tests, staged rollouts), never
+ * silent. */
+static void note_expiry(const p11psk_key *k)
+{
+    if (k->not_after[0] == '\0')
+        return;
+    if (p11psk_key_expired(k, (long long)time(NULL)))
+        fprintf(stderr,
+                "p11psk: warning: key '%s' expired on %s (UTC end of day): p11pskd refuses "
+                "it\n",
+                k->label, k->not_after);
+    else
+        fprintf(stderr, "p11psk: key '%s' is valid through %s (UTC)\n", k->label, k->not_after);
+}
+
 int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                            char *why, size_t whylen)
 {
@@ -408,10 +573,13 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
         {"generate", required_argument, NULL, 'g'},
         {"hex-file", required_argument, NULL, 'x'},
         {"readable", no_argument, NULL, 'r'},
+        {"not-after", required_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *hexfile = NULL;
+    p11psk_id_arg ia;
+    CK_DATE end;
     uint8_t id[NEW_ID_LEN], *val = NULL;
     size_t vlen = 0, n;
     p11psk_new_key nk;
@@ -435,6 +603,9 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
         case 'r':
             nk.readable = 1;
             break;
+        case 'N':
+            not_after_arg(usage_add, optarg, &end, &nk.not_after);
+            break;
         case 'h':
             fputs(usage_add, stdout);
             return 0;
@@ -446,12 +617,17 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
         die_usage(usage_add, "%s needs exactly one ID", "add");
     if (hexfile != NULL && gen >= 0)
         die_usage(usage_add, "%s", "give either --generate or --hex-file, not both");
-    nk.label = argv[optind];
+    if (p11psk_cli_id_parse(argv[optind], &ia) != 0)
+        return 1;
+    if (ia.idlen > 0)
+        die_usage(usage_add, "%s", "add draws a random CKA_ID: leave id= out of the URI");
+    nk.label = ia.label;
     if (*nk.label == '\0')
         die_usage(usage_add, "%s", "ID must not be empty");
     if (hexfile != NULL && !read_hex_file(hexfile, &val, &vlen))
         return 1;
-    if (!p11psk_cli_open_token(cfg, 1, &tok))
+    if (!p11psk_cli_open_token(cfg, 1, &tok) ||
+        p11psk_cli_id_token_ok(&ia, p11psk_token_label(tok)) != 0)
         goto out;
     if (p11psk_token_list(tok, nk.label, &found, &n, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s\n", err.msg);
@@ -480,7 +656,13 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
     }
     /* stdout is the handle alone (scripts take it with $(...)); the URI goes to stderr. */
     key_uri(tok, &key, uri);
+    if (keep_end_date(tok, &key, nk.not_after, "") != 0) {
+        if (p11psk_token_destroy_key(tok, &key, &err) == P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: removed the new key again; nothing was changed\n");
+        goto out;
+    }
     fprintf(stderr, "created %s (%zu bytes%s)\n", uri, key.len, key.readable ? ", readable" : "");
+    note_expiry(&key);
     rc = print_handle(tok, &key) ? 0 : 1;
 out:
     if (val != NULL)
@@ -489,21 +671,30 @@ out:
     return rc;
 }
 
-/* Finds the keys labelled label; prints why and returns 0 if there are none. */
-static int keys_for_label(const p11psk_config *cfg, const char *label, int rw, p11psk_token **tok,
+/* Finds the keys an ID argument (label or pkcs11: URI) names; prints why and returns 0 if
+ * there are none. */
+static int keys_for_label(const p11psk_config *cfg, const char *arg, int rw, p11psk_token **tok,
                           p11psk_key **keys, size_t *n)
 {
+    p11psk_id_arg ia;
     p11psk_err err;
+    size_t i, kept = 0;
 
-    if (!p11psk_cli_open_token(cfg, rw, tok))
+    if (p11psk_cli_id_parse(arg, &ia) != 0 || !p11psk_cli_open_token(cfg, rw, tok) ||
+        p11psk_cli_id_token_ok(&ia, p11psk_token_label(*tok)) != 0)
         return 0;
-    if (p11psk_token_list(*tok, label, keys, n, &err) != P11PSK_ST_OK) {
+    if (p11psk_token_list(*tok, ia.label, keys, n, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: %s\n", err.msg);
         return 0;
     }
     drop_handle_key(*keys, n);
+    for (i = 0; i < *n; i++) /* a URI's id= narrows the label's keys */
+        if (p11psk_cli_id_match(&ia, p11psk_token_label(*tok), &(*keys)[i]))
+            (*keys)[kept++] = (*keys)[i];
+    *n = kept;
     if (*n == 0) {
-        fprintf(stderr, "p11psk: no key labelled '%s' in token '%s'; see `p11psk list`\n", label,
+        fprintf(stderr, "p11psk: no key %s '%s' in token '%s'; see `p11psk list`\n",
+                ia.is_uri ? "matches" : "labelled", ia.is_uri ? arg : ia.label,
                 p11psk_token_label(*tok));
         return 0;
     }
@@ -713,6 +904,8 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
             rc = 1;
             continue;
         }
+        if (keys[i].not_after[0] != '\0') /* its end date mirror, where there is one */
+            p11psk_token_mirror_end_date(tok, &keys[i], NULL, &err);
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
     }
 out:
@@ -726,6 +919,7 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
     char hex[2 * P11PSK_KEY_ID_MAX + 1], handle[P11PSK_HANDLE_HEX_LEN + 1], uri[P11PSK_URI_MAX];
     p11psk_handlekey *hk = cli_handlekey(tok, 0); /* listing creates nothing */
     uint8_t hb[P11PSK_HANDLE_LEN];
+    long long now = (long long)time(NULL);
     size_t i;
 
     printf("[");
@@ -749,6 +943,12 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
         } else {
             printf("null");
         }
+        printf(", \"not_after\": ");
+        if (k->not_after[0] != '\0')
+            p11psk_cli_json_str(stdout, k->not_after);
+        else
+            printf("null");
+        printf(", \"expired\": %s", p11psk_key_expired(k, now) ? "true" : "false");
         printf(", \"uri\": ");
         p11psk_cli_json_str(stdout, uri);
         printf("}");
@@ -764,7 +964,8 @@ static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char hex[2 * P11PSK_KEY_ID_MAX + 1], uri[P11PSK_URI_MAX];
+    char hex[2 * P11PSK_KEY_ID_MAX + 1], uri[P11PSK_URI_MAX], date[16];
+    long long now = (long long)time(NULL);
     p11psk_token *tok = NULL;
     p11psk_key *keys = NULL;
     p11psk_err err;
@@ -796,17 +997,19 @@ static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
         rc = 0;
         goto out;
     }
-    printf("%-24s %-34s %-8s %6s %-8s %s\n", "IDENTITY", "ID", "TYPE", "LENGTH", "READABLE",
-           "URI");
+    printf("%-24s %-34s %-8s %6s %-8s %-11s %s\n", "IDENTITY", "ID", "TYPE", "LENGTH",
+           "READABLE", "NOT-AFTER", "URI");
     for (i = 0; i < n; i++) {
         if (keys[i].idlen <= P11PSK_KEY_ID_MAX)
             p11psk_hex_encode(keys[i].id, keys[i].idlen, hex);
         else
             snprintf(hex, sizeof(hex), "(%zu bytes)", keys[i].idlen);
         key_uri(tok, &keys[i], uri);
-        printf("%-24s %-34s %-8s %6zu %-8s %s\n", keys[i].label[0] ? keys[i].label : "-",
+        snprintf(date, sizeof(date), "%s%s", keys[i].not_after[0] ? keys[i].not_after : "-",
+                 p11psk_key_expired(&keys[i], now) ? "!" : "");
+        printf("%-24s %-34s %-8s %6zu %-8s %-11s %s\n", keys[i].label[0] ? keys[i].label : "-",
                hex[0] ? hex : "-", keys[i].type == CKK_AES ? "aes" : "generic", keys[i].len,
-               keys[i].readable ? "yes" : "no", uri);
+               keys[i].readable ? "yes" : "no", date, uri);
     }
     rc = 0;
 out:
@@ -832,9 +1035,14 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
         {"hex-file", required_argument, NULL, 'x'},
         {"readable", no_argument, NULL, 'r'},
         {"not-readable", no_argument, NULL, 'R'},
+        {"not-after", required_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    const CK_DATE *na = NULL;
+    CK_DATE end;
+    long long end_s;
+    int na_given = 0;
     char uri[P11PSK_URI_MAX], handle[P11PSK_HANDLE_HEX_LEN + 1], hex[2 * P11PSK_KEY_ID_MAX + 1];
     const char *hexfile = NULL;
     uint8_t *val = NULL;
@@ -860,6 +1068,10 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
             if (readable >= 0 && readable != (opt == 'r'))
                 die_usage(usage_rotate, "%s", "give --readable or --not-readable, not both");
             readable = opt == 'r';
+            break;
+        case 'N':
+            not_after_arg(usage_rotate, optarg, &end, &na);
+            na_given = 1;
             break;
         case 'h':
             fputs(usage_rotate, stdout);
@@ -902,9 +1114,18 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     nk.value = val;
     nk.value_len = val != NULL ? vlen : (size_t)(gen >= 0 ? gen : (long)old.len);
     nk.readable = readable >= 0 ? readable : old.readable;
+    /* Default: the current key's end date (an unreadable one is not carried over). */
+    if (!na_given && old.not_after[0] != '\0' && p11psk_date_parse(old.not_after, &end, &end_s) == 0)
+        na = &end;
+    nk.not_after = na;
     if (p11psk_token_create_key(tok, &nk, &newk, &err) != P11PSK_ST_OK) {
         fprintf(stderr, "p11psk: cannot create the new key for %s: %s; nothing was changed\n",
                 uri, err.msg);
+        goto out;
+    }
+    if (keep_end_date(tok, &newk, na, old.not_after) != 0) {
+        if (p11psk_token_destroy_key(tok, &newk, &err2) == P11PSK_ST_OK)
+            fprintf(stderr, "p11psk: removed the new key again; nothing was changed\n");
         goto out;
     }
     if (p11psk_token_destroy_key(tok, &old, &err) != P11PSK_ST_OK) {
@@ -929,6 +1150,9 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     if (newk.readable != old.readable)
         printf("the key is now %s\n",
                newk.readable ? "readable by p11pskd" : "sensitive and non-extractable");
+    if (strcmp(newk.not_after, old.not_after) != 0 && newk.not_after[0] == '\0')
+        printf("the key no longer expires (was: %s)\n", old.not_after);
+    note_expiry(&newk);
     p11psk_cli_flush(cfg, &newk);
     rc = 0;
 out:
@@ -970,6 +1194,7 @@ int main(int argc, char **argv)
         {"rotate", cmd_rotate, usage_rotate, 0},
         {"rm", cmd_rm, usage_rm, 0},
         {"migrate", p11psk_cli_migrate, p11psk_usage_migrate, 0},
+        {"export", p11psk_cli_export, p11psk_usage_export, 0},
         {"status", p11psk_cli_status, p11psk_usage_status, 1},
         {"metrics", p11psk_cli_metrics, p11psk_usage_metrics, 1},
         {"doctor", p11psk_cli_doctor, p11psk_usage_doctor, 2},

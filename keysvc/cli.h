@@ -22,6 +22,23 @@ int p11psk_cli_handle_hex(p11psk_token *tok, const p11psk_key *k,
 /* The key as an RFC 7512 URI: pkcs11:token=...;id=...;object=LABEL;type=secret-key. */
 void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, size_t cap);
 
+/* An ID argument: a label, or a pkcs11: URI whose object= is the label; its id= narrows
+ * the keys to that CKA_ID and its token= must name the configured token. */
+typedef struct {
+    char label[P11PSK_KEY_LABEL_MAX];
+    uint8_t id[P11PSK_KEY_ID_MAX];
+    size_t idlen;   /* 0: any CKA_ID */
+    char token[33]; /* "" : any token */
+    int is_uri;
+} p11psk_id_arg;
+
+/* Parses arg; prints why and returns -1 when it is a URI we cannot use. */
+int p11psk_cli_id_parse(const char *arg, p11psk_id_arg *ia);
+/* 1 if key k (in token token_label) is the one ia names. */
+int p11psk_cli_id_match(const p11psk_id_arg *ia, const char *token_label, const p11psk_key *k);
+/* Checks ia's token= against the open token; prints why and returns -1 on a mismatch. */
+int p11psk_cli_id_token_ok(const p11psk_id_arg *ia, const char *token_label);
+
 /* One request to p11pskd at socket (NULL: the default). Returns the answer's status
  * (P11PSK_ST_*), or a P11PSK_CALL_* (< 0) with why set. resp: P11PSK_WIRE_MAX bytes. */
 int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
@@ -34,6 +51,8 @@ void p11psk_cli_json_str(FILE *f, const char *s);
 
 extern const char p11psk_usage_migrate[];
 int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv);
+extern const char p11psk_usage_export[];
+int p11psk_cli_export(const p11psk_config *cfg, int argc, char **argv);
 extern const char p11psk_usage_status[];
 int p11psk_cli_status(const p11psk_config *cfg, int argc, char **argv);
 extern const char p11psk_usage_metrics[];

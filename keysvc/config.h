@@ -31,6 +31,7 @@ typedef struct p11psk_config {
     int cache;                      /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */
+    unsigned metrics_top_keys;      /* keys with usage counters in STATUS; 0: none */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

@@ -65,7 +65,7 @@ static void log_outcome(const conn *c, const outcome *o, long long us)
 
 void dispatch_respond(server *s, conn *c, int header_rc)
 {
-    long long t0 = p11psk_mono_us();
+    long long t0 = p11psk_mono_us(), us;
     p11psk_msg m;
     outcome o;
     int rc, st;
@@ -105,7 +105,6 @@ void dispatch_respond(server *s, conn *c, int header_rc)
         o.close_after = 1;
     }
     c->closing = o.close_after;
-    stats_count(s, o.op, st);
     if (header_rc != P11PSK_WIRE_OK || c->need > c->inlen) { /* bad header: closing */
         OPENSSL_cleanse(c->in, sizeof(c->in));
         c->inlen = 0;
@@ -115,5 +114,7 @@ void dispatch_respond(server *s, conn *c, int header_rc)
         c->inlen -= c->need;
     }
     c->need = 0;
-    log_outcome(c, &o, p11psk_mono_us() - t0);
+    us = p11psk_mono_us() - t0;
+    stats_count(s, &o, us);
+    log_outcome(c, &o, us);
 }

@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "handlekey.h"
@@ -101,10 +102,17 @@ static int key_for(server *s, conn *c, const p11psk_msg *m, int want_type, p11ps
     if (st != P11PSK_ST_OK)
         return st;
     snprintf(o->ident, sizeof(o->ident), "%s", key->label);
+    o->keyed = 1;
     if (p11psk_acl_check(&s->cfg->acl, key->label, &peer) == NULL)
         return outcome_fail(
             o, P11PSK_ST_ACCESS_DENIED, "uid %lu gid %lu may not use '%s'; add an allow rule to %s",
             (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, key->label, s->cfg->path);
+    /* After the allow rule, so that only peers allowed to use the key learn its dates. */
+    if (p11psk_key_expired(key, (long long)time(NULL)))
+        return outcome_fail(o, P11PSK_ST_POLICY,
+                            "key expired on %s (CKA_END_DATE of '%s'); give it a new key and "
+                            "date with `p11psk rotate ID --not-after YYYY-MM-DD`",
+                            key->not_after, key->label);
     if (!s->cfg->policy.readable_keys)
         key->readable = 0; /* strict HSM mode: ladder step 3 never runs */
     return P11PSK_ST_OK;

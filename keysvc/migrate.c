@@ -6,11 +6,10 @@
  * every line and the token (read-only), then create keys, then write the new file next to
  * the old one and rename it over. Key bytes never reach stdout or stderr.
  */
-#define _GNU_SOURCE /* mkostemp */
+#define _GNU_SOURCE /* O_NOFOLLOW, realpath */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <openssl/crypto.h>
@@ -21,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "atomic_file.h"
 #include "cli.h"
 
 #define MIGRATE_FILE_MAX (1024 * 1024)
@@ -482,23 +482,6 @@ static int apply(psk_file *pf, p11psk_token *tok, int readable)
     return 1;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-
-    while (n > 0) {
-        ssize_t w = write(fd, c, n);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return 0;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 1;
-}
-
 static int write_backup(const psk_file *pf, const char *backup)
 {
     int fd = open(backup, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -508,7 +491,7 @@ static int write_backup(const psk_file *pf, const char *backup)
                 strerror(errno));
         return 0;
     }
-    if (fchmod(fd, 0600) != 0 || !write_all(fd, pf->buf, pf->size) || fsync(fd) != 0) {
+    if (fchmod(fd, 0600) != 0 || p11psk_write_all(fd, pf->buf, pf->size) != 0 || fsync(fd) != 0) {
         fprintf(stderr, "p11psk: cannot write backup %s: %s\n", backup, strerror(errno));
         close(fd);
         unlink(backup);
@@ -522,31 +505,24 @@ static int write_backup(const psk_file *pf, const char *backup)
     return 1;
 }
 
-/* Phase 3: the new text in a temp file beside the original, same mode and owner, renamed. */
+/* Phase 3: the new text in a temp file beside the original, same mode and owner, renamed
+ * over it (atomic_file.c). */
 static int rewrite(const psk_file *pf, const char *backup)
 {
-    char tmp[PATH_MAX + 32], dir[PATH_MAX];
+    p11psk_atomic af;
     size_t i;
-    int fd, dfd, ok = 1;
+    int ok = 1;
 
-    if (snprintf(tmp, sizeof(tmp), "%s.p11psk-XXXXXX", pf->real) >= (int)sizeof(tmp)) {
-        fprintf(stderr, "p11psk: path too long: %s\n", pf->real);
+    if (p11psk_atomic_open(&af, pf->real) != 0)
         return 0;
-    }
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "p11psk: cannot create a temporary file beside %s: %s\n", pf->real,
-                strerror(errno));
-        return 0;
-    }
-    if (fchown(fd, pf->st.st_uid, pf->st.st_gid) != 0) {
+    if (fchown(af.fd, pf->st.st_uid, pf->st.st_gid) != 0) {
         fprintf(stderr,
                 "p11psk: cannot give the new file %s's owner (%s); run as root or as "
                 "its owner\n",
                 pf->path, strerror(errno));
         ok = 0;
     }
-    if (ok && fchmod(fd, pf->st.st_mode & 07777) != 0) {
+    if (ok && fchmod(af.fd, pf->st.st_mode & 07777) != 0) {
         fprintf(stderr, "p11psk: cannot set the mode of the new file: %s\n", strerror(errno));
         ok = 0;
     }
@@ -555,38 +531,22 @@ static int rewrite(const psk_file *pf, const char *backup)
         const char *s = pf->buf + l->off;
 
         if (l->act == ACT_KEEP || l->act == ACT_HANDLE) {
-            ok = write_all(fd, s, l->len + l->eol);
+            ok = p11psk_atomic_write(&af, s, l->len + l->eol) == 0;
             continue;
         }
         /* Everything around the key text stays as it was. */
-        ok = write_all(fd, s, l->key_off - l->off) &&
-             write_all(fd, l->handle, P11PSK_HANDLE_HEX_LEN) &&
-             write_all(fd, pf->buf + l->key_off + l->key_len,
-                       l->off + l->len + l->eol - (l->key_off + l->key_len));
-        if (!ok)
-            fprintf(stderr, "p11psk: cannot write %s: %s\n", tmp, strerror(errno));
+        ok = p11psk_atomic_write(&af, s, l->key_off - l->off) == 0 &&
+             p11psk_atomic_write(&af, l->handle, P11PSK_HANDLE_HEX_LEN) == 0 &&
+             p11psk_atomic_write(&af, pf->buf + l->key_off + l->key_len,
+                                 l->off + l->len + l->eol - (l->key_off + l->key_len)) == 0;
     }
-    if (ok && fsync(fd) != 0) {
-        fprintf(stderr, "p11psk: cannot write %s: %s\n", tmp, strerror(errno));
-        ok = 0;
-    }
-    close(fd);
     if (ok && backup != NULL)
         ok = write_backup(pf, backup);
-    if (ok && rename(tmp, pf->real) != 0) {
-        fprintf(stderr, "p11psk: cannot replace %s: %s\n", pf->path, strerror(errno));
-        ok = 0;
-    }
     if (!ok) {
-        unlink(tmp);
+        p11psk_atomic_abort(&af);
         return 0;
     }
-    snprintf(dir, sizeof(dir), "%s", pf->real);
-    if ((dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 1;
+    return p11psk_atomic_commit(&af) == 0;
 }
 
 int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)

@@ -60,6 +60,7 @@ static void server_reload(server *s)
     cur->max_connections_peer = nc.max_connections_peer;
     cur->request_timeout_ms = nc.request_timeout_ms;
     cur->busy_poll_us = nc.busy_poll_us;
+    cur->metrics_top_keys = nc.metrics_top_keys;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,
@@ -123,6 +124,10 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
         pthread_rwlock_init(&s.cfglock, &ra);
         pthread_rwlockattr_destroy(&ra);
     }
+    if (stats_init(&s) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR, "out of memory for the request statistics");
+        return -1;
+    }
     if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         p11psk_log(P11PSK_LOG_ERROR, "pipe: %s", strerror(errno));
         return -1;
@@ -176,6 +181,7 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     close(s.wake[0]);
     close(s.wake[1]);
     p11psk_ratelimit_destroy(&s.rate);
+    stats_fini(&s);
     pthread_rwlock_destroy(&s.cfglock);
     pthread_mutex_destroy(&s.peerlock);
     p11psk_handlekey_free(s.hk);

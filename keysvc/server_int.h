@@ -20,6 +20,7 @@
 #include "cache.h"
 #include "config.h"
 #include "handlekey.h"
+#include "key_usage.h"
 #include "ladder.h"
 #include "p11psk/ops.h"
 #include "p11psk/wire.h"
@@ -63,10 +64,17 @@ typedef struct {
     unsigned n;
 } peer_count;
 
-/* Request counters by operation (slot = row of the table in ops.h) and result. */
+/* Latency histogram buckets (upper bounds in µs; the last is +Inf), stats.c. */
+#define STATS_LAT_BUCKETS 9
+
+/* Request counters by operation (slot = row of the table in ops.h) and result, the
+ * latency histogram by operation, and the per-key usage. */
 typedef struct {
     atomic_ulong req[P11PSK_OP_SLOTS][P11PSK_ST_MAX_];
-    atomic_ulong connections; /* accepted since start */
+    atomic_ulong connections;                             /* accepted since start */
+    atomic_ulong lat[P11PSK_OP_SLOTS][STATS_LAT_BUCKETS]; /* not cumulative */
+    atomic_ullong lat_sum_us[P11PSK_OP_SLOTS];
+    key_usage *keys;
 } server_stats;
 
 typedef struct server {
@@ -97,6 +105,7 @@ typedef struct {
     p11psk_err err;
     int step;
     int close_after;
+    int keyed; /* ident is the label of a key found in the token: counted per key */
 } outcome;
 
 /* conn.c */
@@ -136,7 +145,11 @@ int handlers_handlekey_load(server *s, int create);
 int handlers_peer_has_perm(server *s, const conn *c, int perm);
 
 /* stats.c */
-void stats_count(server *s, int op, int status);
+/* 0, or -1 when out of memory; stats_fini frees what stats_init made. */
+int stats_init(server *s);
+void stats_fini(server *s);
+/* One request: its result, its latency, and its key when o->keyed. */
+void stats_count(server *s, const outcome *o, long long us);
 /* The STATUS answer: one "name value" line per metric. */
 int stats_status(server *s, p11psk_frame *resp, outcome *o);
 /* A result as one word for logs and counters: "access denied" -> "access-denied". */

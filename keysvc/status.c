@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "p11psk/client.h"
@@ -28,8 +29,10 @@ const char p11psk_usage_status[] =
     "\n"
     "Asks p11pskd for its health and counters: version, uptime, token (label, model,\n"
     "module, available, logged in, sessions, recoveries), threads, connections, cache,\n"
-    "and requests by operation and result. Allowed for root, p11pskd's own user and the\n"
-    "users that allow-status or allow-admin lines in p11pskd.conf name.\n"
+    "requests by operation and result, latency by operation, expired keys and keys\n"
+    "expiring within 7 days, and requests and last use of the most used keys. Allowed for\n"
+    "root, p11pskd's own user and the users that allow-status or allow-admin lines in\n"
+    "p11pskd.conf name. Exits 1 when p11pskd cannot be reached or refuses.\n"
     "\n"
     "  --json         print one JSON object instead of the report\n"
     "  --socket PATH  p11pskd's socket; default: `socket` in the configuration file\n"
@@ -40,9 +43,12 @@ const char p11psk_usage_metrics[] =
     "\n"
     "Prints p11pskd's status in the Prometheus text format (metrics named p11psk_*), e.g.\n"
     "for node_exporter's textfile collector:\n"
-    "  p11psk metrics > DIR/p11psk.prom.$$ && mv DIR/p11psk.prom.$$ DIR/p11psk.prom\n"
-    "When p11pskd cannot be reached it prints p11psk_up 0 and exits 0, so the outage is\n"
-    "seen; a refused request (access denied) is an error.\n"
+    "  p11psk metrics > DIR/p11psk.prom.$$; mv DIR/p11psk.prom.$$ DIR/p11psk.prom\n"
+    "Besides the counters: p11psk_request_duration_seconds (histogram by op),\n"
+    "p11psk_key_requests_total and p11psk_key_last_use_timestamp_seconds (by key, the\n"
+    "metrics-top-keys most used), p11psk_keys_expired, p11psk_keys_expiring_7d.\n"
+    "When p11pskd cannot be reached it still prints p11psk_up 0 on stdout, says why on\n"
+    "stderr and exits 1; a refused request (access denied) prints nothing and exits 1.\n"
     "\n"
     "  --socket PATH  p11pskd's socket; default: `socket` in the configuration file\n"
     "                 (with --socket the file is not read)\n";
@@ -83,6 +89,66 @@ static const char *daemon_opts(const p11psk_config *cfg, int argc, char **argv,
     return sock;
 }
 
+/* The end of the name at the start of line p: the first blank outside the {...} labels,
+ * whose quoted values may hold blanks and \" escapes. NULL for a broken line. */
+static char *name_end(char *p)
+{
+    int in_braces = 0, in_quotes = 0;
+
+    for (; *p != '\0'; p++) {
+        if (in_quotes) {
+            if (*p == '\\' && p[1] != '\0')
+                p++;
+            else if (*p == '"')
+                in_quotes = 0;
+        } else if (*p == '"' && in_braces) {
+            in_quotes = 1;
+        } else if (*p == '{') {
+            in_braces = 1;
+        } else if (*p == '}') {
+            in_braces = 0;
+        } else if (*p == ' ' && !in_braces) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* The value of label key in a status name (name{a="x",b="y"}), unescaped into out.
+ * Returns 1 if present. */
+static int label_get(const char *name, const char *key, char *out, size_t cap)
+{
+    const char *p = strchr(name, '{');
+    size_t klen = strlen(key), o = 0;
+
+    while (p != NULL && *p != '\0' && *p != '}') {
+        p++; /* past '{' or ',' */
+        if (strncmp(p, key, klen) == 0 && p[klen] == '=' && p[klen + 1] == '"') {
+            for (p += klen + 2; *p != '\0' && *p != '"'; p++) {
+                char c = *p;
+
+                if (c == '\\' && p[1] != '\0') {
+                    p++;
+                    c = *p == 'n' ? '\n' : *p;
+                }
+                if (o + 1 < cap)
+                    out[o++] = c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        /* skip this label's value */
+        if ((p = strchr(p, '"')) == NULL)
+            return 0;
+        for (p++; *p != '\0' && *p != '"'; p++)
+            if (*p == '\\' && p[1] != '\0')
+                p++;
+        if (*p == '"')
+            p++;
+    }
+    return 0;
+}
+
 /* Sends STATUS and splits the answer. 0: ok; -1: p11pskd unreachable (why set); 1: refused
  * or failed (reported). */
 static int fetch(status_info *si, char *why, size_t whylen)
@@ -112,8 +178,8 @@ static int fetch(status_info *si, char *why, size_t whylen)
     for (p = si->buf; p != NULL && *p != '\0'; p = nl) {
         if ((nl = strchr(p, '\n')) != NULL)
             *nl++ = '\0';
-        /* Names hold no blanks; values may (token_model, token_fault). */
-        if ((sp = strchr(p, ' ')) == NULL || sp == p || si->n == STATUS_LINES_MAX)
+        /* Names hold no blanks outside quoted label values; values may (token_model). */
+        if ((sp = name_end(p)) == NULL || *sp != ' ' || sp == p || si->n == STATUS_LINES_MAX)
             continue;
         *sp = '\0';
         si->name[si->n] = p;
@@ -179,6 +245,81 @@ static int request_labels(const char *name, char *op, size_t opcap, char *res, s
     return 1;
 }
 
+/* Lines the report and JSON show as tables: latency histogram and per-key usage. */
+static int is_structured(const char *name)
+{
+    return strncmp(name, "request_duration_seconds", 24) == 0 ||
+           strncmp(name, "key_requests{", 13) == 0 || strncmp(name, "key_last_use_seconds{", 21) == 0;
+}
+
+/* The value of the first line named prefix{lname="lval"...} (and le="le" if given). */
+static const char *sv_label(const status_info *si, const char *prefix, const char *lname,
+                            const char *lval, const char *le)
+{
+    char v[2 * P11PSK_KEY_LABEL_MAX];
+    size_t i, n = strlen(prefix);
+
+    for (i = 0; i < si->n; i++) {
+        if (strncmp(si->name[i], prefix, n) != 0 || si->name[i][n] != '{')
+            continue;
+        if (!label_get(si->name[i], lname, v, sizeof(v)) || strcmp(v, lval) != 0)
+            continue;
+        if (le != NULL && (!label_get(si->name[i], "le", v, sizeof(v)) || strcmp(v, le) != 0))
+            continue;
+        return si->value[i];
+    }
+    return NULL;
+}
+
+/* Last use as "YYYY-MM-DD HH:MM:SS" UTC. */
+static void utc_str(const char *epoch, char *out, size_t cap)
+{
+    time_t t = (time_t)strtoll(epoch, NULL, 10);
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL || strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+        snprintf(out, cap, "%s", epoch);
+}
+
+static void print_tables(const status_info *si)
+{
+    char op[64], key[2 * P11PSK_KEY_LABEL_MAX], when[32];
+    const char *sum, *le1, *last;
+    size_t i, n = 0;
+    double cnt;
+
+    for (i = 0; i < si->n; i++) {
+        if (strncmp(si->name[i], "request_duration_seconds_count{", 31) != 0 ||
+            !label_get(si->name[i], "op", op, sizeof(op)))
+            continue;
+        if (n++ == 0)
+            printf("latency      %-16s %10s %12s %10s\n", "OP", "COUNT", "MEAN", "<= 1 ms");
+        cnt = strtod(si->value[i], NULL);
+        sum = sv_label(si, "request_duration_seconds_sum", "op", op, NULL);
+        le1 = sv_label(si, "request_duration_seconds_bucket", "op", op, "0.001");
+        printf("             %-16s %10s %9.0f us %9.1f%%\n", op, si->value[i],
+               cnt > 0 && sum != NULL ? strtod(sum, NULL) * 1e6 / cnt : 0.0,
+               cnt > 0 && le1 != NULL ? strtod(le1, NULL) * 100.0 / cnt : 0.0);
+    }
+    printf("keys         %s expired, %s expiring within 7 days\n", svd(si, "keys_expired"),
+           svd(si, "keys_expiring_7d"));
+    for (i = 0, n = 0; i < si->n; i++) {
+        if (strncmp(si->name[i], "key_requests{", 13) != 0 ||
+            !label_get(si->name[i], "key", key, sizeof(key)))
+            continue;
+        if (n++ == 0)
+            printf("key usage    %-32s %10s  %s\n", "KEY", "REQUESTS", "LAST USE (UTC)");
+        last = sv_label(si, "key_last_use_seconds", "key", key, NULL);
+        if (last != NULL)
+            utc_str(last, when, sizeof(when));
+        printf("             %-32s %10s  %s\n", key, si->value[i], last != NULL ? when : "-");
+    }
+    if (sv(si, "key_requests_untracked") != NULL)
+        printf("             %-32s %10s\n", "(untracked keys)", sv(si, "key_requests_untracked"));
+    if (sv(si, "status_truncated") != NULL)
+        printf("note         the status answer was too long; some lines are missing\n");
+}
+
 /* The names the readable report shows in its own lines. */
 static int known_name(const char *name)
 {
@@ -188,14 +329,15 @@ static int known_name(const char *name)
         "token_recoveries", "token_fault",     "threads",           "connections_open",
         "connections_total", "cache_enabled",  "cache_entries",     "cache_hits",
         "cache_misses",     "cache_ttl_seconds", "cache_size",     "max_connections",
-        "max_connections_per_peer",
+        "max_connections_per_peer", "keys_expired", "keys_expiring_7d",
+        "key_requests_untracked", "status_truncated",
     };
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(name, names[i]) == 0)
             return 1;
-    return strncmp(name, "requests{", 9) == 0;
+    return strncmp(name, "requests{", 9) == 0 || is_structured(name);
 }
 
 static void print_report(const status_info *si)
@@ -237,9 +379,52 @@ static void print_report(const status_info *si)
         printf("requests     none yet\n");
     else
         printf("             %-16s %-24s %10lu\n", "total", "", total);
+    print_tables(si);
     for (i = 0; i < si->n; i++)
         if (!known_name(si->name[i]))
             printf("%-12s %s\n", si->name[i], si->value[i]);
+}
+
+/* "latency": per op count, sum and cumulative buckets; "keys": per-key usage. */
+static void json_tables(const status_info *si)
+{
+    char op[64], le[32], key[2 * P11PSK_KEY_LABEL_MAX];
+    const char *v;
+    size_t i, j, n = 0, nb;
+
+    printf(",\n  \"latency\": [");
+    for (i = 0; i < si->n; i++) {
+        if (strncmp(si->name[i], "request_duration_seconds_count{", 31) != 0 ||
+            !label_get(si->name[i], "op", op, sizeof(op)) || !is_number(si->value[i]))
+            continue;
+        printf("%s\n    {\"op\": ", n++ ? "," : "");
+        p11psk_cli_json_str(stdout, op);
+        v = sv_label(si, "request_duration_seconds_sum", "op", op, NULL);
+        printf(", \"count\": %s, \"sum_seconds\": %s, \"buckets\": [", si->value[i],
+               v != NULL && is_number(v) ? v : "0");
+        for (j = 0, nb = 0; j < si->n; j++) {
+            if (strncmp(si->name[j], "request_duration_seconds_bucket{", 32) != 0 ||
+                !label_get(si->name[j], "op", key, sizeof(key)) || strcmp(key, op) != 0 ||
+                !label_get(si->name[j], "le", le, sizeof(le)) || !is_number(si->value[j]))
+                continue;
+            printf("%s{\"le\": ", nb++ ? ", " : "");
+            p11psk_cli_json_str(stdout, le);
+            printf(", \"count\": %s}", si->value[j]);
+        }
+        printf("]}");
+    }
+    printf("%s],\n  \"keys\": [", n ? "\n  " : "");
+    for (i = 0, n = 0; i < si->n; i++) {
+        if (strncmp(si->name[i], "key_requests{", 13) != 0 ||
+            !label_get(si->name[i], "key", key, sizeof(key)) || !is_number(si->value[i]))
+            continue;
+        printf("%s\n    {\"key\": ", n++ ? "," : "");
+        p11psk_cli_json_str(stdout, key);
+        v = sv_label(si, "key_last_use_seconds", "key", key, NULL);
+        printf(", \"requests\": %s, \"last_use\": %s}", si->value[i],
+               v != NULL && is_number(v) ? v : "null");
+    }
+    printf("%s]", n ? "\n  " : "");
 }
 
 static void print_json(const status_info *si)
@@ -253,7 +438,7 @@ static void print_json(const status_info *si)
     printf("{\n  \"socket\": ");
     p11psk_cli_json_str(stdout, si->socket);
     for (i = 0; i < si->n; i++) {
-        if (strncmp(si->name[i], "requests{", 9) == 0)
+        if (strncmp(si->name[i], "requests{", 9) == 0 || is_structured(si->name[i]))
             continue;
         printf(",\n  ");
         p11psk_cli_json_str(stdout, si->name[i]);
@@ -279,7 +464,20 @@ static void print_json(const status_info *si)
         printf(", \"count\": %s}", si->value[i]);
         total += strtoul(si->value[i], NULL, 10);
     }
-    printf("%s],\n  \"requests_total\": %lu\n}\n", nreq ? "\n  " : "", total);
+    printf("%s],\n  \"requests_total\": %lu", nreq ? "\n  " : "", total);
+    json_tables(si);
+    printf("\n}\n");
+}
+
+/* Why p11pskd could not be reached (why: the socket path and errno) and what to check. */
+static void unreachable(const char *why)
+{
+    fprintf(stderr,
+            "p11psk: cannot reach p11pskd: %s; is p11pskd running (systemctl status "
+            "p11pskd)? With \"Permission denied\" this user is not in the socket's group "
+            "(socket-group in p11pskd.conf; e.g. usermod -aG p11psk USER, then log in "
+            "again). Give another socket with --socket PATH\n",
+            why);
 }
 
 int p11psk_cli_status(const p11psk_config *cfg, int argc, char **argv)
@@ -290,9 +488,7 @@ int p11psk_cli_status(const p11psk_config *cfg, int argc, char **argv)
 
     si.socket = daemon_opts(cfg, argc, argv, p11psk_usage_status, &json);
     if ((rc = fetch(&si, why, sizeof(why))) < 0) {
-        fprintf(stderr, "p11psk: %s; is p11pskd running (systemctl status p11pskd)? Give "
-                        "another socket with --socket PATH\n",
-                why);
+        unreachable(why);
         return 1;
     }
     if (rc > 0)
@@ -331,7 +527,40 @@ static const struct {
     {"max_connections_per_peer", "p11psk_max_connections_per_peer", "gauge",
      "max-connections-per-peer."},
     {"requests", "p11psk_requests_total", "counter", "Requests answered, by operation and result."},
+    {"keys_expired", "p11psk_keys_expired", "gauge", "Keys past their CKA_END_DATE."},
+    {"keys_expiring_7d", "p11psk_keys_expiring_7d", "gauge",
+     "Keys whose CKA_END_DATE ends within 7 days."},
+    {"request_duration_seconds", "p11psk_request_duration_seconds", "histogram",
+     "Time p11pskd took to answer a request, by operation."},
+    {"key_requests", "p11psk_key_requests_total", "counter",
+     "Key requests by key label, for the metrics-top-keys most used keys."},
+    {"key_last_use_seconds", "p11psk_key_last_use_timestamp_seconds", "gauge",
+     "Last request for the key, seconds since the epoch (same keys as key_requests)."},
+    {"key_requests_untracked", "p11psk_key_requests_untracked_total", "counter",
+     "Key requests for keys beyond the tracked ones (4096 labels)."},
+    {"status_truncated", "p11psk_status_truncated", "gauge",
+     "1 when the status answer was too long and lines are missing."},
 };
+
+/* Histogram samples (NAME_bucket, _sum, _count) belong to the family NAME: *suffix gets
+ * the part after it, else "". */
+static void family_of(char *base, const char **suffix)
+{
+    static const char *const sfx[] = {"_bucket", "_sum", "_count"};
+    size_t i, n = strlen(base), k;
+
+    *suffix = "";
+    if (strncmp(base, "request_duration_seconds", 24) != 0)
+        return;
+    for (i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+        k = strlen(sfx[i]);
+        if (n > k && strcmp(base + n - k, sfx[i]) == 0) {
+            *suffix = sfx[i];
+            base[n - k] = '\0';
+            return;
+        }
+    }
+}
 
 /* Text p11pskd reports that is no sample: shown as labels of p11psk_info. */
 static int is_info_name(const char *name)
@@ -375,7 +604,7 @@ static void split_metric(const char *name, char *base, size_t cap, const char **
 static void print_metrics(const status_info *si)
 {
     char base[96], other[96];
-    const char *labels, *olabels, *metric, *type, *help;
+    const char *labels, *olabels, *metric, *type, *help, *sfx, *osfx;
     size_t i, j, k;
 
     printf("# HELP p11psk_info p11pskd version and token; the value is always 1.\n"
@@ -389,9 +618,11 @@ static void print_metrics(const status_info *si)
         if (is_info_name(si->name[i]) || !is_number(si->value[i]))
             continue;
         split_metric(si->name[i], base, sizeof(base), &labels);
+        family_of(base, &sfx);
         /* Families are printed whole at their first sample, so skip later ones. */
         for (j = 0; j < i; j++) {
             split_metric(si->name[j], other, sizeof(other), &olabels);
+            family_of(other, &osfx);
             if (strcmp(base, other) == 0 && !is_info_name(si->name[j]) &&
                 is_number(si->value[j]))
                 break;
@@ -416,12 +647,14 @@ static void print_metrics(const status_info *si)
             if (is_info_name(si->name[j]) || !is_number(si->value[j]))
                 continue;
             split_metric(si->name[j], other, sizeof(other), &olabels);
+            family_of(other, &osfx);
             if (strcmp(base, other) != 0)
                 continue;
+            /* Label values arrive escaped the Prometheus way (stats.c): passed on as is. */
             if (metric != NULL)
-                printf("%s%s %s\n", metric, olabels, si->value[j]);
+                printf("%s%s%s %s\n", metric, osfx, olabels, si->value[j]);
             else
-                printf("p11psk_%s%s %s\n", base, olabels, si->value[j]);
+                printf("p11psk_%s%s%s %s\n", base, osfx, olabels, si->value[j]);
         }
     }
 }
@@ -441,9 +674,11 @@ int p11psk_cli_metrics(const p11psk_config *cfg, int argc, char **argv)
            "p11psk_up %d\n",
            rc == 0);
     if (rc < 0) {
-        /* The outage is the metric: exit 0 so that the textfile gets p11psk_up 0. */
-        fprintf(stderr, "p11psk: note: %s; printed p11psk_up 0\n", why);
-        return 0;
+        /* p11psk_up 0 on stdout for the textfile collector, and a failing exit status
+         * for whatever runs this (systemd timer, cron) to notice. */
+        fflush(stdout);
+        unreachable(why);
+        return 1;
     }
     print_metrics(&si);
     return 0;

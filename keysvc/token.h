@@ -33,6 +33,9 @@ typedef struct {
     size_t idlen;     /* may exceed P11PSK_ID_MAX: such a key gets no handle */
     uint8_t id[P11PSK_KEY_ID_MAX];
     char label[P11PSK_KEY_LABEL_MAX];
+    /* CKA_END_DATE: "YYYY-MM-DD", or "" when the key never expires (no or empty date) */
+    char not_after[11];
+    long long expires_at; /* first second (UTC) after not_after; 0: never */
 } p11psk_key;
 
 typedef struct {
@@ -91,6 +94,23 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err);
 /* Drops a cached entry (call when the token said the object handle is invalid). */
 void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen);
 
+/* 1 when key k is past its CKA_END_DATE at now (seconds since the epoch). */
+int p11psk_key_expired(const p11psk_key *k, long long now);
+/* Parses "YYYY-MM-DD" (a real calendar date) into a CK_DATE and the first second after
+ * that day (UTC). Returns 0, or -1 for anything else. */
+int p11psk_date_parse(const char *s, CK_DATE *d, long long *end);
+/* Keys past their end date and keys expiring within days, among the keys the daemon's
+ * lookup table holds (every key after a prefetch). */
+void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long within_s,
+                                size_t *expired, size_t *soon);
+
+/* Keeps key's end date (NULL: none) in a mirror object for tokens that cannot return
+ * CKA_END_DATE of a private key (SoftHSM 2.6: softhsm/SoftHSMv2#655): a private CKO_DATA
+ * object labelled "p11psk-not-after/<CKA_ID hex>" holding "YYYYMMDD". Replaces any earlier
+ * mirror for the CKA_ID; with d == NULL only removes it. */
+int p11psk_token_mirror_end_date(p11psk_token *tok, const p11psk_key *key, const CK_DATE *d,
+                                 p11psk_err *err);
+
 /* Every secret key (label == NULL) or those labelled label. *keys is malloc'd (free()).
  * Keys of unsupported types are skipped. Returns P11PSK_ST_OK or P11PSK_ST_TOKEN. */
 int p11psk_token_list(p11psk_token *tok, const char *label, p11psk_key **keys, size_t *n,
@@ -104,6 +124,7 @@ typedef struct {
     size_t value_len;
     int readable;     /* CKA_SENSITIVE false, CKA_EXTRACTABLE true */
     int session_only; /* CKA_TOKEN false (tests) */
+    const CK_DATE *not_after; /* CKA_END_DATE, or NULL: never expires */
 } p11psk_new_key;
 
 /* Creates a CKK_GENERIC_SECRET key (C_CreateObject or C_GenerateKey). */

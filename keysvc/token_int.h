@@ -84,4 +84,10 @@ int token_key_type_ok(CK_KEY_TYPE t);
 CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE obj, p11psk_key *k,
                      p11psk_call *call, p11psk_err *err);
 
+/* key_date.c: the key's validity from its CKA_END_DATE (len: the attribute's length). */
+void token_key_set_end_date(p11psk_key *k, const CK_DATE *d, size_t len);
+/* token_dates.c: reads k's CKA_END_DATE (or its mirror) into k->not_after/expires_at.
+ * Failures are not the session's: they only make the date unreadable (deny by default). */
+void token_key_read_end_date(p11psk_token *tok, CK_SESSION_HANDLE sess, p11psk_key *k);
+
 #endif

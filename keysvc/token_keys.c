@@ -36,17 +36,19 @@ static int op_create(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, p11p
         {CKA_LABEL, (void *)nk->label, strlen(nk->label)},
         {CKA_ID, (void *)nk->id, nk->idlen},
         {CKA_VALUE_LEN, &vlen, sizeof(vlen)}, /* replaced by CKA_VALUE on import */
+        {CKA_END_DATE, (void *)nk->not_after, sizeof(CK_DATE)}, /* only with a date */
     };
+    CK_ULONG tn = nk->not_after != NULL ? 10 : 9;
     CK_OBJECT_HANDLE obj;
 
     if (nk->value != NULL) {
         t[8].type = CKA_VALUE;
         t[8].pValue = (void *)nk->value;
         t[8].ulValueLen = nk->value_len;
-        P11CALL(c, err, tok->fl, C_CreateObject, sess, t, 9, &obj);
+        P11CALL(c, err, tok->fl, C_CreateObject, sess, t, tn, &obj);
     } else {
         /* C_GenerateKey takes class and type from the mechanism; pass them anyway. */
-        P11CALL(c, err, tok->fl, C_GenerateKey, sess, &gen, t, 9, &obj);
+        P11CALL(c, err, tok->fl, C_GenerateKey, sess, &gen, t, tn, &obj);
     }
     if (c->rv != CKR_OK || token_key_read(tok, sess, obj, a->key, c, err) != CKR_OK)
         return P11PSK_ST_TOKEN;

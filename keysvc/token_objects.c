@@ -167,6 +167,7 @@ CK_RV token_key_read(p11psk_token *tok, CK_SESSION_HANDLE sess, CK_OBJECT_HANDLE
         snprintf(k->label, sizeof(k->label), "%s", label);
         free(label);
     }
+    token_key_read_end_date(tok, sess, k); /* validity: checked per request (handlers.c) */
     return CKR_OK;
 }
 
@@ -355,6 +356,35 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
         ids_add(tok, key);
     pthread_rwlock_unlock(&tok->cachelock);
     return P11PSK_ST_OK;
+}
+
+struct expiry_count {
+    long long now, soon_end;
+    size_t expired, soon;
+};
+
+static int count_expiry(p11psk_hnode *node, void *arg)
+{
+    const struct id_ent *e = (const struct id_ent *)node;
+    struct expiry_count *c = arg;
+
+    if (p11psk_key_expired(&e->key, c->now))
+        c->expired++;
+    else if (e->key.expires_at != 0 && e->key.expires_at <= c->soon_end)
+        c->soon++;
+    return 0; /* a visit, not an unlink */
+}
+
+void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long within_s,
+                                size_t *expired, size_t *soon)
+{
+    struct expiry_count c = {now, now + within_s, 0, 0};
+
+    pthread_rwlock_wrlock(&tok->cachelock);
+    p11psk_htable_unlink_if(&tok->ids, count_expiry, &c);
+    pthread_rwlock_unlock(&tok->cachelock);
+    *expired = c.expired;
+    *soon = c.soon;
 }
 
 /* ---- the CLI's search by label ---- */

@@ -35,7 +35,7 @@ check_opts() { # check_opts NAME HELP-TEXT-FILE SECTION-TEXT-FILE
 plain "$M1" | awk '/^\.SH OPTIONS/ { on = 1; next } /^\.SH / { on = 0 } on' >"$T/sec"
 grep -E '^ +-' "$T/help" >"$T/mainopts"
 check_opts "p11psk" "$T/mainopts" "$T/sec"
-for c in add handle list rotate rm migrate status metrics; do
+for c in add handle list rotate rm migrate export status metrics; do
     "$BIN/p11psk" "$c" --help >"$T/help"
     section "$M1" "$c" >"$T/sec"
     [ -s "$T/sec" ] || { fail "p11psk(1) has no .SS $c"; continue; }

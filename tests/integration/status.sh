@@ -80,6 +80,9 @@ if perl -e '
         /^#/ and die "bad comment: $_\n";
         my ($m) = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*\})? (-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|NaN|[+-]Inf)$/
             or die "bad sample: $_\n";
+        # histogram samples: NAME_bucket, NAME_sum and NAME_count
+        $m = $1 if !$type{$m} && $m =~ /^(.*)_(?:bucket|sum|count)$/ &&
+            ($type{$1} // "") eq "histogram";
         $type{$m} or die "no TYPE before $m\n";
         $help{$m} or die "no HELP for $m\n";
         $m =~ /^p11psk_/ or die "not prefixed p11psk_: $m\n";
@@ -105,8 +108,10 @@ rc=0
 "${P[@]}" status --socket "$T/none.sock" >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "unreachable at $T/none.sock" "$T/err" &&
     pass "status, daemon unreachable: $(cut -c 1-70 "$T/err")..." || fail "status unreachable: rc $rc $(cat "$T/err")"
-"${P[@]}" metrics --socket "$T/none.sock" >"$T/out" 2>/dev/null && grep -q '^p11psk_up 0$' "$T/out" &&
-    pass "metrics, daemon unreachable: p11psk_up 0, exit 0" || fail "metrics unreachable: $(cat "$T/out")"
+rc=0
+"${P[@]}" metrics --socket "$T/none.sock" >"$T/out" 2>/dev/null || rc=$?
+[ "$rc" = 1 ] && grep -q '^p11psk_up 0$' "$T/out" &&
+    pass "metrics, daemon unreachable: p11psk_up 0, exit 1" || fail "metrics unreachable: rc $rc $(cat "$T/out")"
 # --socket needs no readable configuration file.
 "$BIN/p11psk" --config /nonexistent/p11pskd.conf status --socket "$T/p11psk.sock" >/dev/null 2>"$T/err" &&
     pass "status --socket without a config file" || fail "status --socket: $(cat "$T/err")"
