@@ -552,6 +552,7 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
             continue;
         }
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
+        p11psk_cli_flush(cfg, &keys[i]); /* p11pskd and providers drop what they hold */
     }
 out:
     free(keys);

@@ -111,6 +111,8 @@ static void p11psk_teardown(void *vctx)
     if (pc == NULL)
         return;
     p11psk_svc_unref();
+    p11psk_bcache_free(pc->bcache);
+    p11psk_genpage_unref();
     for (i = 0; i < P11PSK_KDF_COUNT; i++)
         EVP_KDF_free(pc->delegate[i]);
     pthread_mutex_destroy(&pc->delegate_lock);
@@ -194,6 +196,8 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     P11PSK_PROV_CTX *pc;
     int timeout_ms;
+    char bcerr[sizeof(pc->config_error)];
+    unsigned bcache_ttl;
 
     p11psk_err_init(in);
     pc = OPENSSL_zalloc(sizeof(*pc));
@@ -213,6 +217,15 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         return 0;
     }
     p11psk_svc_ref(path, timeout_ms);
+    p11psk_genpage_ref(path, timeout_ms);
+    /* An invalid TTL fails handle operations like any invalid setting (the first one wins). */
+    if (p11psk_bcache_conf(handle, in, &bcache_ttl, bcerr, sizeof(bcerr)) != 0) {
+        if (pc->config_error[0] == '\0')
+            memcpy(pc->config_error, bcerr, sizeof(bcerr));
+        p11psk_debug("invalid configuration: %s", bcerr);
+    } else {
+        pc->bcache = p11psk_bcache_new(bcache_ttl);
+    }
     p11psk_debug("provider %s loaded: socket %s, timeout %d ms", P11PSK_VERSION, path, timeout_ms);
     *out = p11psk_dispatch;
     *provctx = pc;
