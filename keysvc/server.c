@@ -51,6 +51,7 @@ static void server_reload(server *s)
     cur->max_connections_peer = nc.max_connections_peer;
     cur->request_timeout_ms = nc.request_timeout_ms;
     cur->busy_poll_us = nc.busy_poll_us;
+    cur->busy_poll_idle = nc.busy_poll_idle;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     /* An allow rule may have gone: providers must ask again before using a binder key. */

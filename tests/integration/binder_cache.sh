@@ -60,6 +60,20 @@ gp1=$(reqs gen-page)
     pass "one GEN_PAGE request per process ($((gp1 - gp0)) for 3 processes)" ||
     fail "GEN_PAGE requests: $((gp1 - gp0)) for 3 processes"
 
+# fork: the child keeps the page but starts with an empty cache (MADV_WIPEONFORK), so the
+# parent's first handshake and the child's first each fetch the binder key: exactly 2.
+b=$(reqs tls13-expand)
+OPENSSL_CONF=$T/openssl.cnf timeout 120 "$BIN/p11psk-hsloop" --tls13 --count 5 --fork \
+    --client-psk "$h" --server-psk "$raw" >"$T/hs.out" 2>&1 || true
+a=$(reqs tls13-expand)
+if ! grep -q '^handshakes=15 ok=15 failed=0' "$T/hs.out"; then
+    fail "fork: handshakes failed: $(tail -n 3 "$T/hs.out")"
+elif [ "$((a - b))" = 2 ]; then
+    pass "fork: parent and child fetched the binder key once each (the child's cache starts empty)"
+else
+    fail "fork: $((a - b)) binder-key requests for parent + child, expected 2"
+fi
+
 # The provider maps the page only after checking that it cannot map it for writing (a
 # client that could write the counter could keep stale binder keys alive elsewhere).
 P11PSK_DEBUG=1 OPENSSL_CONF=$T/openssl.cnf timeout 60 "$BIN/p11psk-hsloop" --tls13 --count 2 \
