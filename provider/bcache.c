@@ -282,7 +282,8 @@ void p11psk_bcache_put(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, con
         return;
     r = bc->r;
     bc_lock(r);
-    if (bc_enter(bc, t->gen) == 0) {
+    /* Checked again under the lock: never move the region back to an older generation. */
+    if (p11psk_genpage_read() == t->gen && bc_enter(bc, t->gen) == 0) {
         if ((e = bc_find(r, ctx, md, t->label)) == NULL) {
             long long now = p11psk_mono_ms();
 
