@@ -243,13 +243,16 @@ int p11psk_bcache_get(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, uint
     if (bc == NULL || (t->label = bc_binder_label(ctx, md, outlen)) < 0)
         return -1;
     if ((g = p11psk_genpage_read()) == 0) {
-        /* No page (yet, or p11pskd stopped): drop what we hold, then try to get one. */
+        /*
+         * No page (yet, or p11pskd stopped): drop what we hold and ask for a page once this
+         * round trip has succeeded, so that a hung p11pskd costs one timeout, not two. The
+         * value of this round trip is not cached: no generation was seen before it.
+         */
         bc_lock(bc->r);
         bc_enter(bc, 0);
         bc_unlock(bc->r);
-        p11psk_genpage_want();
-        if ((g = p11psk_genpage_read()) == 0)
-            return -1;
+        t->want_page = 1;
+        return -1;
     }
     bc_lock(bc->r);
     if (bc_enter(bc, g) == 0) {
@@ -277,6 +280,10 @@ void p11psk_bcache_put(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, con
     bc_entry *e;
     size_t i;
 
+    if (bc != NULL && t->want_page) {
+        p11psk_genpage_want();
+        return;
+    }
     /* A key change while the answer was on its way: the value may be the old key's. */
     if (bc == NULL || !t->takes || p11psk_genpage_read() != t->gen)
         return;

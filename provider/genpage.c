@@ -2,8 +2,9 @@
 /*
  * The key generation page of p11pskd, mapped read-only once per process: its first 8 bytes
  * move whenever a key's value or existence may have changed, so a binder cache compares one
- * load with the value its entries were made under (bcache.c). Fetched with GEN_PAGE on the
- * first cache miss; a process that cannot get or map it does not cache.
+ * load with the value its entries were made under (bcache.c). Fetched with GEN_PAGE after
+ * the first binder-key round trip that succeeded (never before one: a hung p11pskd would
+ * cost two timeouts); a process that cannot get or map it does not cache.
  *
  * The page is checked before use: sealed against shrinking (a truncated file would fault us
  * with SIGBUS) and not mappable for writing (another client could otherwise hold the counter
@@ -27,6 +28,9 @@
 #define GEN_DEAD UINT64_MAX /* what a stopping p11pskd leaves in its page */
 #define GEN_RETRY_MS 10000  /* a failed fetch is not retried sooner */
 #define GEN_RETIRED_MAX 16  /* daemon restarts followed; then this process stops caching */
+/* GEN_PAGE needs no token: a p11pskd that does not answer it at once is stuck (a worker
+ * blocked on a hung token), and the handshake waiting on us must not pay a full timeout. */
+#define GEN_TIMEOUT_MAX_MS 500
 
 static struct {
     pthread_mutex_t lock; /* fetches only; readers never take it */
@@ -122,7 +126,8 @@ static const void *fetch_page(void)
     const void *p = NULL;
     int fd = -1, rc, err = 0;
 
-    p11psk_conn_init(&c, gp.path, gp.timeout_ms);
+    p11psk_conn_init(&c, gp.path,
+                     gp.timeout_ms < GEN_TIMEOUT_MAX_MS ? gp.timeout_ms : GEN_TIMEOUT_MAX_MS);
     p11psk_frame_start(&req, P11PSK_OP_GEN_PAGE);
     if (p11psk_frame_finish(&req) == 0)
         return NULL;

@@ -173,8 +173,9 @@ int p11psk_kdf_delegate(const P11PSK_KDF_CTX *ctx, unsigned char *out, size_t ou
 /*
  * genpage.c: p11pskd's key generation page, mapped once per process. read: the current
  * generation with one load, 0 when there is no usable page (then nothing may be cached).
- * want: on a miss, fetches the page if there is none (GEN_PAGE, at most every few seconds;
- * never with P11PSK_NO_GEN_PAGE set), and replaces one p11pskd marked dead as it stopped.
+ * want: after a successful round trip, fetches the page if there is none (GEN_PAGE, at most
+ * every few seconds; never with P11PSK_NO_GEN_PAGE set), and replaces one p11pskd marked
+ * dead as it stopped.
  */
 void p11psk_genpage_ref(const char *path, int timeout_ms);
 void p11psk_genpage_unref(void);
@@ -183,9 +184,10 @@ void p11psk_genpage_want(void);
 
 /* bcache.c: binder keys of TLS 1.3 handles, per provider context. */
 typedef struct {
-    int takes;    /* a binder-key expand under a usable generation: fill after the call */
-    int label;    /* which binder label */
-    uint64_t gen; /* generation seen before the call */
+    int takes;     /* a binder-key expand under a usable generation: fill after the call */
+    int want_page; /* no generation page: fetch one after the call, cache nothing */
+    int label;     /* which binder label */
+    uint64_t gen;  /* generation seen before the call */
 } p11psk_bcache_ticket;
 
 /* p11psk-binder-cache-ttl from openssl.cnf: 0, or -1 with the reason in err. */
@@ -194,7 +196,8 @@ int p11psk_bcache_conf(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
 /* NULL when ttl_s is 0 or the memory cannot be locked and kept out of dumps: no cache. */
 P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s);
 void p11psk_bcache_free(P11PSK_BCACHE *bc);
-/* 0: out holds the cached binder key. -1: ask p11pskd, then p11psk_bcache_put with t. */
+/* 0: out holds the cached binder key. -1: ask p11pskd, then (on success only)
+ * p11psk_bcache_put with t. */
 int p11psk_bcache_get(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, uint8_t *out,
                       size_t outlen, p11psk_bcache_ticket *t);
 void p11psk_bcache_put(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, const uint8_t *val,
