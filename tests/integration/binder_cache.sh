@@ -151,6 +151,22 @@ expect "rotate back: server handle first, raw client with that key" ok "$old" "$
 expect "rotate back: client handle, raw server with that key" ok "$h" "$old"
 expect "rotate back: client handle, raw server with the previous key" fail "$h" "$new"
 
+# --- A clean stop of p11pskd marks its page dead: a key changed while it was down (the
+# FLUSH of rotate cannot reach it) is still seen by the next handshake after the restart.
+[ "$(hs "$h" "$old")" = ok ] && [ "$(hs "$h" "$old")" = ok ] || fail "restart: warm-up handshakes failed"
+stop_daemon
+"${P[@]}" rotate bc --hex-file <(printf '%s\n' "$new") >"$T/rot.out" 2>&1 ||
+    fail "rotate with p11pskd stopped: $(cat "$T/rot.out")"
+start_daemon
+expect "after a restart: client handle, raw server with the key rotated meanwhile" ok "$h" "$new"
+expect "after a restart: client handle, raw server with the old key" fail "$h" "$old"
+gp3=$(reqs gen-page)
+expect "after a restart: handle on both sides" ok "$h" "$h"
+[ "$gp3" -ge 1 ] && pass "after a restart: the provider fetched the new p11pskd's page ($gp3 gen-page)" ||
+    fail "after a restart: no gen-page request to the new p11pskd"
+"${P[@]}" rotate bc --hex-file <(printf '%s\n' "$old") >"$T/rot.out" 2>&1 ||
+    fail "rotate back after the restart: $(cat "$T/rot.out")"
+
 # --- Core dump: the binder keys the process cached are not in it.
 command -v gcore >/dev/null || die "gcore (package gdb) is missing"
 case ${LD_PRELOAD:-} in
