@@ -210,6 +210,105 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     return rc;
 }
 
+/* Keeps the first descriptor of an SCM_RIGHTS message in *fd and closes the others. */
+static void take_fds(struct msghdr *mh, int *fd)
+{
+    struct cmsghdr *h;
+
+    for (h = CMSG_FIRSTHDR(mh); h != NULL; h = CMSG_NXTHDR(mh, h)) {
+        size_t i, n;
+
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < n; i++) {
+            int got;
+
+            memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+            if (*fd < 0)
+                *fd = got;
+            else
+                close(got);
+        }
+    }
+}
+
+/* Reads the header with recvmsg: the descriptor rides on the answer's first byte. */
+static int read_hdr_fd(int fd, uint8_t *hdr, long long deadline, int *passed, int *err)
+{
+    size_t got = 0;
+
+    while (got < P11PSK_WIRE_HDR) {
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(4 * sizeof(int))];
+        } cm;
+        struct iovec iov = {hdr + got, P11PSK_WIRE_HDR - got};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        ssize_t r;
+
+        mh.msg_control = cm.b;
+        mh.msg_controllen = sizeof(cm.b);
+        r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+        if (r > 0) {
+            take_fds(&mh, passed);
+            got += (size_t)r;
+            continue;
+        }
+        if (r == 0) {
+            *err = ECONNRESET;
+            return P11PSK_CALL_IO;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int rc = wait_fd(fd, POLLIN, deadline);
+
+            if (rc != 0) {
+                *err = rc == P11PSK_CALL_TIMEOUT ? ETIMEDOUT : errno;
+                return rc;
+            }
+            continue;
+        }
+        *err = errno;
+        return P11PSK_CALL_IO;
+    }
+    return 0;
+}
+
+int p11psk_conn_call_fd(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
+                        int *fd, int *err)
+{
+    long long deadline = p11psk_mono_ms() + c->timeout_ms;
+    uint8_t hdr[P11PSK_WIRE_HDR];
+    size_t got = 0, bodylen = 0;
+    int rc, dummy;
+
+    *fd = -1;
+    if (err == NULL)
+        err = &dummy;
+    *err = 0;
+    if (req->w.err || req->w.len <= P11PSK_WIRE_HDR)
+        return P11PSK_CALL_PROTO;
+    if (c->fd < 0 && (rc = conn_open(c, err)) != 0)
+        return rc;
+    if ((rc = write_all(c->fd, req->buf, req->w.len, deadline, err)) == 0 &&
+        (rc = read_hdr_fd(c->fd, hdr, deadline, fd, err)) == 0) {
+        if (p11psk_wire_header(hdr, &bodylen) != P11PSK_WIRE_OK)
+            rc = P11PSK_CALL_PROTO;
+        else if ((rc = read_all(c->fd, resp, bodylen, deadline, &got, err)) == 0 &&
+                 p11psk_msg_parse(resp, bodylen, m) != P11PSK_WIRE_OK)
+            rc = P11PSK_CALL_PROTO;
+    }
+    if (rc != P11PSK_CALL_OK) {
+        p11psk_conn_close(c);
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+    }
+    return rc;
+}
+
 const char *p11psk_call_strerror(int rc)
 {
     switch (rc) {

@@ -23,6 +23,11 @@
  *                all-zero OTHER means plain PSK and is resized to the key's real length).
  * status:        answers INFO, "name value" lines (requests{op="..",result=".."} 12).
  * flush:         HANDLE absent: every key; answers INFO "flushed N".
+ * gen-page:      answers OUT, the current key generation (u64, big endian), and passes the
+ *                generation page's descriptor with the answer (SCM_RIGHTS). Anyone who may
+ *                connect: the page holds a counter that moves when some key changes, which
+ *                says nothing about any key, and a provider on a handle needs it before its
+ *                first key operation is judged by an allow rule.
  */
 const p11psk_op_info p11psk_ops[] = {
     {P11PSK_OP_PING, "ping", P11PSK_PERM_NONE, "ping", P11PSK_T_INFO,
@@ -44,6 +49,8 @@ const p11psk_op_info p11psk_ops[] = {
      {{0}}},
     {P11PSK_OP_FLUSH, "flush", P11PSK_PERM_ADMIN, "flush the cache", P11PSK_T_INFO,
      {OPT(P11PSK_T_HANDLE, 0, ANY)}},
+    {P11PSK_OP_GEN_PAGE, "gen-page", P11PSK_PERM_NONE, "map the generation page", P11PSK_T_OUT,
+     {{0}}},
 };
 /* clang-format on */
 

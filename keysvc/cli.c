@@ -907,6 +907,7 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
         if (keys[i].not_after[0] != '\0') /* its end date mirror, where there is one */
             p11psk_token_mirror_end_date(tok, &keys[i], NULL, &err);
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
+        p11psk_cli_flush(cfg, &keys[i]); /* p11pskd and providers drop what they hold */
     }
 out:
     free(keys);

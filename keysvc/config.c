@@ -197,6 +197,14 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_uint(&cfg->max_connections_peer, key, v, 1, 65536, err, errlen);
     if (strcmp(key, "busy-poll-us") == 0)
         return set_uint(&cfg->busy_poll_us, key, v, 0, 10000, err, errlen);
+    if (strcmp(key, "busy-poll-idle") == 0) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+            snprintf(err, errlen, "busy-poll-idle must be on or off");
+            return 0;
+        }
+        cfg->busy_poll_idle = strcmp(v, "on") == 0;
+        return 1;
+    }
     if (strcmp(key, "request-timeout-ms") == 0)
         return set_uint(&cfg->request_timeout_ms, key, v, 100, 600000, err, errlen);
     if (strcmp(key, "log-level") == 0) {
@@ -211,9 +219,9 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
              "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, "
              "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, metrics-top-keys, "
-             "allow, allow-status, "
-             "allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
+             "request-timeout-ms, busy-poll-us, busy-poll-idle, cache, cache-ttl, cache-size, "
+             "metrics-top-keys, allow, allow-status, allow-admin, allow-psk-ke, readable-keys, "
+             "digests, rate-limit",
              key);
     return 0;
 }
@@ -287,6 +295,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->max_connections_peer = 256;
     cfg->request_timeout_ms = 10000;
     cfg->cache = 1;
+    cfg->busy_poll_idle = 1;
     cfg->cache_ttl_s = 300;
     cfg->cache_size = 16384;
     cfg->metrics_top_keys = 20;

@@ -28,6 +28,7 @@ typedef struct p11psk_config {
     unsigned max_connections_peer;  /* per peer uid */
     unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
     unsigned busy_poll_us;          /* workers poll without sleeping this long after work */
+    int busy_poll_idle;             /* ... but only while a CPU is idle (runnable < CPUs) */
     int cache;                      /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */

@@ -96,10 +96,37 @@ void conn_peer_release(server *s, uid_t uid)
     pthread_mutex_unlock(&s->peerlock);
 }
 
+/* The first send of an answer that passes a descriptor (GEN_PAGE) carries it. */
+static ssize_t send_answer(conn *c)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct iovec iov = {c->out.buf + c->outoff, c->outlen - c->outoff};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    int fd = c->pass_fd - 1;
+    ssize_t w;
+
+    if (c->pass_fd == 0)
+        return send(c->fd, iov.iov_base, iov.iov_len, MSG_NOSIGNAL);
+    memset(&cm, 0, sizeof(cm));
+    mh.msg_control = cm.b;
+    mh.msg_controllen = sizeof(cm.b);
+    cm.h.cmsg_level = SOL_SOCKET;
+    cm.h.cmsg_type = SCM_RIGHTS;
+    cm.h.cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(&cm.h), &fd, sizeof(int));
+    w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    if (w > 0)
+        c->pass_fd = 0;
+    return w;
+}
+
 int conn_flush(conn *c)
 {
     while (c->outoff < c->outlen) {
-        ssize_t w = send(c->fd, c->out.buf + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+        ssize_t w = send_answer(c);
 
         if (w < 0 && errno == EINTR)
             continue;

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "genpage.h"
+#include "keychange.h"
 #include "handlekey.h"
 #include "log.h"
 #include "p11psk/clock.h"
@@ -147,6 +149,7 @@ static int with_key(server *s, conn *c, const p11psk_msg *m, int want_type, key_
         }
         if (st == P11PSK_ST_TOKEN && p11psk_ckr_stale_handle(o->err.ckr) && attempt == 0) {
             p11psk_token_forget(s->tok, key.id, key.idlen);
+            p11psk_keys_changed(); /* the object went away: the key may have been replaced */
             continue;
         }
         OPENSSL_cleanse(&key, sizeof(key));
@@ -300,7 +303,27 @@ static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, 
         p11psk_token_forget(s->tok, h.id, h.idlen); /* the object may have changed too */
         snprintf(msg, sizeof(msg), "flushed %zu", n);
     }
+    /* Before the answer: when `p11psk rotate` or `rm` returns, every provider on this host
+     * has been told to drop its binder keys. */
+    p11psk_keys_changed();
     p11psk_frame_add_str(resp, P11PSK_T_INFO, msg);
+    return P11PSK_ST_OK;
+}
+
+static int h_gen_page(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, outcome *o)
+{
+    uint64_t g = p11psk_genpage_value();
+    uint8_t be[8];
+    int fd = p11psk_genpage_fd(), i;
+
+    if (fd < 0)
+        return outcome_fail(o, P11PSK_ST_UNAVAILABLE,
+                            "no generation page (see p11pskd's start-up log); binder keys are "
+                            "not cached");
+    for (i = 7; i >= 0; i--, g >>= 8)
+        be[i] = (uint8_t)g;
+    p11psk_frame_add(resp, P11PSK_T_OUT, be, sizeof(be));
+    c->pass_fd = fd + 1;
     return P11PSK_ST_OK;
 }
 
@@ -365,7 +388,7 @@ static const struct {
     {P11PSK_OP_PING, h_ping},           {P11PSK_OP_STATUS, h_status},
     {P11PSK_OP_FLUSH, h_flush},         {P11PSK_OP_TLS13_EARLY, h_early},
     {P11PSK_OP_TLS13_EXPAND, h_expand}, {P11PSK_OP_TLS13_EXTRACT, h_extract},
-    {P11PSK_OP_TLS12_PRF, h_prf},
+    {P11PSK_OP_TLS12_PRF, h_prf},       {P11PSK_OP_GEN_PAGE, h_gen_page},
 };
 
 static op_handler by_row[P11PSK_OPS_MAX];

@@ -11,6 +11,8 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "genpage.h"
+#include "keychange.h"
 #include "log.h"
 
 static int str_is_same(const char *a, const char *b)
@@ -61,8 +63,11 @@ static void server_reload(server *s)
     cur->request_timeout_ms = nc.request_timeout_ms;
     cur->busy_poll_us = nc.busy_poll_us;
     cur->metrics_top_keys = nc.metrics_top_keys;
+    cur->busy_poll_idle = nc.busy_poll_idle;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
+    /* An allow rule may have gone: providers must ask again before using a binder key. */
+    p11psk_keys_changed();
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,
                p11psk_log_level_name(cur->log_level));
     if (cur->acl.n == 0)
@@ -101,6 +106,9 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
         p11psk_log(P11PSK_LOG_ERROR, "%s", why);
         return -1;
     }
+    /* Without the page providers just do not cache binder keys: not worth refusing to run. */
+    if (p11psk_genpage_open(why, sizeof(why)) != 0)
+        p11psk_log(P11PSK_LOG_WARN, "%s; providers will not cache binder keys", why);
     memset(&s, 0, sizeof(s));
     s.cfg = cfg;
     s.tok = tok;
@@ -166,6 +174,7 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
         server_reload(&s);
     }
     atomic_store(&s.stopping, 1);
+    p11psk_genpage_close(); /* providers drop their binder keys and ask the next daemon */
     if (write(s.wake[1], "x", 1) < 0) {
         /* cannot happen on a fresh non-full pipe */
     }

@@ -45,6 +45,7 @@ typedef struct {
     p11psk_frame out;
     size_t outlen, outoff;
     int closing; /* close once the response is flushed */
+    int pass_fd; /* descriptor + 1 to send with the answer's first byte (SCM_RIGHTS); 0: none */
 } conn;
 
 struct server;

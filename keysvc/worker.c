@@ -4,8 +4,10 @@
 #include "server_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -135,6 +137,44 @@ static long long worker_deadlines(worker *w, long long now)
 }
 
 #define EVENTS_MAX 64
+#define RUNQ_CHECK_US 1000 /* how long a run-queue reading is trusted */
+
+/*
+ * busy-poll-idle: 1 while fewer threads are runnable host-wide than there are CPUs (this
+ * worker, polling, counts itself), so polling takes no CPU an application thread could
+ * use. /proc/loadavg's fourth field is the instantaneous count; it is read at most once
+ * per RUNQ_CHECK_US per worker (a pread, ~2 us). Unreadable: no polling.
+ */
+static int runq_has_idle_cpu(void)
+{
+    static __thread int fd = -2, idle;
+    static __thread long long checked_us;
+    static long ncpu;
+    long long now = p11psk_mono_us();
+    char buf[128], *p;
+    ssize_t n;
+    long running;
+
+    if (now - checked_us < RUNQ_CHECK_US)
+        return idle;
+    checked_us = now;
+    idle = 0;
+    if (ncpu == 0)
+        ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (fd == -2)
+        fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ncpu < 1 || (n = pread(fd, buf, sizeof(buf) - 1, 0)) <= 0)
+        return idle;
+    buf[n] = '\0';
+    /* "0.52 0.58 0.59 3/611 12345": the word after the third space, up to '/'. */
+    p = strchr(buf, ' ');
+    p = p != NULL ? strchr(p + 1, ' ') : NULL;
+    p = p != NULL ? strchr(p + 1, ' ') : NULL;
+    if (p == NULL || (running = strtol(p + 1, NULL, 10)) <= 0)
+        return idle;
+    idle = running <= ncpu;
+    return idle;
+}
 
 void *worker_main(void *arg)
 {
@@ -158,7 +198,8 @@ void *worker_main(void *arg)
         /* busy-poll-us: right after work, poll without sleeping for a while. A sleeping
          * thread is slow to wake on some VMs, and handshakes ask again within ~100 us. */
         if (s->cfg->busy_poll_us > 0 &&
-            p11psk_mono_us() - last_work_us < (long long)s->cfg->busy_poll_us)
+            p11psk_mono_us() - last_work_us < (long long)s->cfg->busy_poll_us &&
+            (!s->cfg->busy_poll_idle || runq_has_idle_cpu()))
             timeout = 0;
         n = epoll_wait(w->ep, ev, EVENTS_MAX, timeout);
         if (n > 0)

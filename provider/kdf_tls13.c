@@ -134,6 +134,7 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
 {
     P11PSK_PROV_CTX *pc = ctx->provctx;
     uint8_t psk[P11PSK_HANDLE_LEN];
+    p11psk_bcache_ticket bt;
     p11psk_frame fr;
     p11psk_handle h;
     int md;
@@ -149,6 +150,9 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
                      ALG, outlen, P11PSK_WIRE_OUT_MAX);
         return -1;
     }
+    /* Binder keys only, and only after the checks above (bcache.c). */
+    if (p11psk_bcache_get(pc->bcache, ctx, md, out, outlen, &bt) == 0)
+        return 0;
     p11psk_frame_start(&fr, P11PSK_OP_TLS13_EXPAND);
     p11psk_frame_add_u8(&fr, P11PSK_T_DIGEST, (uint8_t)md);
     p11psk_frame_add(&fr, P11PSK_T_HANDLE, psk, sizeof(psk));
@@ -157,7 +161,10 @@ static int tls13_expand(P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen)
     if (ctx->data.p != NULL)
         p11psk_frame_add(&fr, P11PSK_T_DATA, ctx->data.p, ctx->data.len);
     p11psk_frame_add_u16(&fr, P11PSK_T_OUTLEN, (uint16_t)outlen);
-    return p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen);
+    if (p11psk_svc_call(pc, &fr, P11PSK_T_OUT, out, outlen) != 0)
+        return -1;
+    p11psk_bcache_put(pc->bcache, ctx, md, out, outlen, &bt);
+    return 0;
 }
 
 /* Handshake secret: salt = ES placeholder, key = (EC)DHE secret or absent (zeros). */

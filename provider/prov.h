@@ -30,6 +30,10 @@
 #define P11PSK_DELEGATE_PROPQ "provider!=p11psk"
 #define P11PSK_CONF_SOCKET "p11psk-socket"
 #define P11PSK_CONF_TIMEOUT "p11psk-timeout-ms"
+#define P11PSK_CONF_BCACHE_TTL "p11psk-binder-cache-ttl"
+#define P11PSK_BCACHE_TTL_DEFAULT 60 /* seconds */
+
+typedef struct p11psk_bcache P11PSK_BCACHE;
 
 /* The KDFs this provider implements: indexes the algorithm table and the delegate cache. */
 enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
@@ -63,6 +67,7 @@ typedef struct p11psk_prov_ctx {
     pthread_mutex_t delegate_lock;
     EVP_KDF *delegate[P11PSK_KDF_COUNT]; /* by enum p11psk_kdf_id */
     p11psk_keymap *keymap;               /* early-secret placeholders made here */
+    P11PSK_BCACHE *bcache;               /* binder keys (bcache.c); NULL: not caching */
 } P11PSK_PROV_CTX;
 
 /* Error reasons; the strings are registered with the core (provider.c). */
@@ -177,6 +182,39 @@ int p11psk_kdf_decode(const P11PSK_PROV_CTX *pc, const char *what, const uint8_t
                       int type, int md, p11psk_handle *h);
 /* Runs ctx's algorithm with ctx's parameters in another provider (no handle involved). */
 int p11psk_kdf_delegate(const P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen);
+
+/*
+ * genpage.c: p11pskd's key generation page, mapped once per process. read: the current
+ * generation with one load, 0 when there is no usable page (then nothing may be cached).
+ * want: after a successful round trip, fetches the page if there is none (GEN_PAGE, at most
+ * every few seconds; never with P11PSK_NO_GEN_PAGE set), and replaces one p11pskd marked
+ * dead as it stopped.
+ */
+void p11psk_genpage_ref(const char *path, int timeout_ms);
+void p11psk_genpage_unref(void);
+uint64_t p11psk_genpage_read(void);
+void p11psk_genpage_want(void);
+
+/* bcache.c: binder keys of TLS 1.3 handles, per provider context. */
+typedef struct {
+    int takes;     /* a binder-key expand under a usable generation: fill after the call */
+    int want_page; /* no generation page: fetch one after the call, cache nothing */
+    int label;     /* which binder label */
+    uint64_t gen;  /* generation seen before the call */
+} p11psk_bcache_ticket;
+
+/* p11psk-binder-cache-ttl from openssl.cnf: 0, or -1 with the reason in err. */
+int p11psk_bcache_conf(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, unsigned *ttl_s,
+                       char *err, size_t errlen);
+/* NULL when ttl_s is 0 or the memory cannot be locked and kept out of dumps: no cache. */
+P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s);
+void p11psk_bcache_free(P11PSK_BCACHE *bc);
+/* 0: out holds the cached binder key. -1: ask p11pskd, then (on success only)
+ * p11psk_bcache_put with t. */
+int p11psk_bcache_get(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, uint8_t *out,
+                      size_t outlen, p11psk_bcache_ticket *t);
+void p11psk_bcache_put(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, const uint8_t *val,
+                       size_t len, const p11psk_bcache_ticket *t);
 
 /* Each KDF's file: its parameter lists (for the table) and its dispatch table. */
 extern const OSSL_PARAM p11psk_tls13_kdf_settable[];

@@ -155,6 +155,8 @@ static void p11psk_teardown(void *vctx)
     if (pc == NULL)
         return;
     p11psk_svc_unref();
+    p11psk_bcache_free(pc->bcache);
+    p11psk_genpage_unref();
     for (i = 0; i < P11PSK_KDF_COUNT; i++)
         EVP_KDF_free(pc->delegate[i]);
     pthread_mutex_destroy(&pc->delegate_lock);
@@ -240,6 +242,8 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     const OSSL_DISPATCH *d;
     P11PSK_PROV_CTX *pc;
     int timeout_ms;
+    char bcerr[sizeof(pc->config_error)];
+    unsigned bcache_ttl;
 
     p11psk_err_init(in);
     for (d = in; d->function_id != 0; d++)
@@ -265,6 +269,15 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         return 0;
     }
     p11psk_svc_ref(path, timeout_ms);
+    p11psk_genpage_ref(path, timeout_ms);
+    /* An invalid TTL fails handle operations like any invalid setting (the first one wins). */
+    if (p11psk_bcache_conf(handle, in, &bcache_ttl, bcerr, sizeof(bcerr)) != 0) {
+        if (pc->config_error[0] == '\0')
+            memcpy(pc->config_error, bcerr, sizeof(bcerr));
+        p11psk_debug("invalid configuration: %s", bcerr);
+    } else {
+        pc->bcache = p11psk_bcache_new(bcache_ttl);
+    }
     p11psk_debug("provider %s loaded: socket %s, timeout %d ms", P11PSK_VERSION, path, timeout_ms);
     *out = p11psk_dispatch;
     *provctx = pc;

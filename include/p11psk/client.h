@@ -40,4 +40,12 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
                      int *err);
 const char *p11psk_call_strerror(int rc);
 
+/*
+ * As p11psk_conn_call, for an answer that passes a descriptor with its first byte
+ * (SCM_RIGHTS): *fd gets it (close-on-exec), or -1 when the answer carried none; any extra
+ * descriptor is closed. Never retries: the caller decides. Not for pooled connections.
+ */
+int p11psk_conn_call_fd(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
+                        int *fd, int *err);
+
 #endif

@@ -32,6 +32,8 @@ enum p11psk_op {
     P11PSK_OP_PING = 0x01,
     P11PSK_OP_STATUS = 0x02, /* status permission (allow-status / allow-admin) */
     P11PSK_OP_FLUSH = 0x03,  /* admin permission */
+    /* The answer passes the key generation page (SCM_RIGHTS). */
+    P11PSK_OP_GEN_PAGE = 0x04,
     P11PSK_OP_TLS13_EARLY = 0x10,
     P11PSK_OP_TLS13_EXPAND = 0x11,
     P11PSK_OP_TLS13_EXTRACT = 0x12,
