@@ -21,6 +21,7 @@
 #include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
 
+#include "p11psk/client.h"
 #include "p11psk/handle.h"
 #include "p11psk/wire.h"
 
@@ -30,6 +31,7 @@
 #define P11PSK_DELEGATE_PROPQ "provider!=p11psk"
 #define P11PSK_CONF_SOCKET "p11psk-socket"
 #define P11PSK_CONF_TIMEOUT "p11psk-timeout-ms"
+#define P11PSK_CONF_DAEMON_USER "p11psk-daemon-user"
 
 /* The KDFs this provider implements: indexes the algorithm table and the delegate cache. */
 enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
@@ -37,8 +39,16 @@ enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
 #define P11PSK_KDF_TLS13_NAME "TLS13-KDF"
 #define P11PSK_KDF_TLS1_PRF_NAME "TLS1-PRF"
 
+/* conn.c: one library context's connections to its p11pskd. */
+typedef struct p11psk_pool P11PSK_POOL;
+
 typedef struct p11psk_prov_ctx {
     const OSSL_CORE_HANDLE *handle;
+    /*
+     * Socket, timeout, allowed daemon users and connections of this instance: one per
+     * OSSL_LIB_CTX, so that two contexts configured for two daemons never share one.
+     */
+    P11PSK_POOL *pool;
     OSSL_LIB_CTX *libctx; /* child of the application's libctx, for delegation */
     /*
      * Set when openssl.cnf or the environment is invalid. The provider still loads and fails
@@ -72,6 +82,7 @@ enum p11psk_reason {
     P11PSK_R_BAD_PARAM,
     P11PSK_R_BAD_CONFIG,
     P11PSK_R_DELEGATE_FAILED,
+    P11PSK_R_UNTRUSTED_DAEMON,
 };
 
 /* err.c */
@@ -92,9 +103,10 @@ const char *p11psk_reason_str(int reason); /* provider.c */
     p11psk_raise((pc) != NULL ? (pc)->handle : NULL, OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC,     \
                  (reason), __VA_ARGS__)
 
-/* conn.c: the per-process connection to p11pskd. */
-void p11psk_svc_ref(const char *path, int timeout_ms);
-void p11psk_svc_unref(void);
+/* conn.c. The pool copies what it is given; NULL when out of memory. */
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_peers *peers);
+/* At provider teardown: closes every connection and cleanses the buffers. */
+void p11psk_pool_free(P11PSK_POOL *pool);
 /*
  * Finishes and sends req, expects status OK with field outtag of exactly outlen bytes, copied
  * to out, and returns 0. Raises the mapped error and returns -1 otherwise. req is cleansed in
