@@ -340,8 +340,7 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
         return -1;
     case P11PSK_CALL_TIMEOUT:
         P11PSK_RAISE(pc, P11PSK_R_SERVICE_TIMEOUT, "after %d ms at %s during %s (%s)",
-                     pc->pool->timeout_ms, pc->pool->path, p11psk_op_str(op),
-                     P11PSK_CONF_TIMEOUT);
+                     pc->pool->timeout_ms, pc->pool->path, p11psk_op_str(op), P11PSK_CONF_TIMEOUT);
         return -1;
     case P11PSK_CALL_IO:
         P11PSK_RAISE(pc, P11PSK_R_CONNECTION_LOST, "%s during %s", why, p11psk_op_str(op));

@@ -157,10 +157,10 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         if (in->function_id == OSSL_FUNC_CORE_GET_PARAMS)
             c_get_params = OSSL_FUNC_core_get_params(in);
     if (c_get_params != NULL) {
-        OSSL_PARAM params[] = {
-            OSSL_PARAM_utf8_ptr(P11PSK_CONF_SOCKET, (char **)&cfg_path, 0),
-            OSSL_PARAM_utf8_ptr(P11PSK_CONF_TIMEOUT, (char **)&cfg_timeout, 0),
-            OSSL_PARAM_utf8_ptr(P11PSK_CONF_DAEMON_USER, (char **)&cfg_users, 0), OSSL_PARAM_END};
+        OSSL_PARAM params[] = {OSSL_PARAM_utf8_ptr(P11PSK_CONF_SOCKET, (char **)&cfg_path, 0),
+                               OSSL_PARAM_utf8_ptr(P11PSK_CONF_TIMEOUT, (char **)&cfg_timeout, 0),
+                               OSSL_PARAM_utf8_ptr(P11PSK_CONF_DAEMON_USER, (char **)&cfg_users, 0),
+                               OSSL_PARAM_END};
 
         if (!c_get_params(handle, params))
             cfg_path = cfg_timeout = cfg_users = NULL;
@@ -233,8 +233,8 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         p11psk_debug("invalid configuration: %s", pc->config_error);
     /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
-    if (pc->libctx == NULL || (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.peers)) ==
-                                  NULL) {
+    if (pc->libctx == NULL ||
+        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.peers)) == NULL) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context or a pool");
         OSSL_LIB_CTX_free(pc->libctx);
         pthread_mutex_destroy(&pc->delegate_lock);

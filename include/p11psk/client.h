@@ -37,11 +37,11 @@ int p11psk_peers_parse(p11psk_peers *p, const char *spec, char *err, size_t errc
 int p11psk_peers_allows(const p11psk_peers *p, uid_t uid);
 
 typedef struct {
-    int fd;       /* -1 when not connected */
-    pid_t pid;    /* process that opened fd: a forked child must not share it */
+    int fd;    /* -1 when not connected */
+    pid_t pid; /* process that opened fd: a forked child must not share it */
     int timeout_ms;
-    int reopened; /* the last call found this connection stale (daemon restart) and reconnected */
-    int waited_ms; /* a failed connect kept retrying this long (socket missing, backlog full) */
+    int reopened;   /* the last call found this connection stale (daemon restart) and reconnected */
+    int waited_ms;  /* a failed connect kept retrying this long (socket missing, backlog full) */
     uid_t peer_uid; /* who answered the last connect; the culprit of P11PSK_CALL_PEER */
     p11psk_peers peers;
     char path[108];

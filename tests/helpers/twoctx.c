@@ -77,8 +77,7 @@ int main(int argc, char **argv)
 
         if ((ctx[i] = OSSL_LIB_CTX_new()) == NULL || !OSSL_LIB_CTX_load_config(ctx[i], conf) ||
             !OSSL_PROVIDER_available(ctx[i], "p11psk")) {
-            fprintf(stderr, "p11psk-twoctx: context %d: cannot load %s with p11psk\n", i + 1,
-                    conf);
+            fprintf(stderr, "p11psk-twoctx: context %d: cannot load %s with p11psk\n", i + 1, conf);
             bad = 2;
             goto done;
         }
