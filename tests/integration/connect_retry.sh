@@ -12,9 +12,9 @@ raw=$(rand_hex_importable 32)
 import_aes rtkey "$raw"
 h=$(handle_of rtkey)
 
-# --- A full backlog: p11psk-slowrelay accepts one connection every 100 ms, backlog 1.
+# --- A full backlog: p11psk-slowrelay accepts one connection every 60 ms, backlog 1.
 FRONT=$T/front.sock
-"$BIN/p11psk-slowrelay" "$FRONT" "$T/p11psk.sock" 1 100 60 >"$T/relay.out" 2>&1 &
+"$BIN/p11psk-slowrelay" "$FRONT" "$T/p11psk.sock" 1 60 60 >"$T/relay.out" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 for _ in $(seq 100); do [ -S "$FRONT" ] && break; sleep 0.05; done
@@ -43,7 +43,7 @@ EOP
 [ "$probe" = EAGAIN ] && pass "the relay's backlog fills up: a plain connect gets EAGAIN" ||
     fail "backlog probe: $probe"
 
-# Six concurrent `p11psk status` (one connection each, default 2000 ms timeout): about 0.8 s of
+# Six concurrent `p11psk status` (one connection each, default 2000 ms timeout): about 0.5 s of
 # accepts, so most of them find the backlog full at first.
 cpids=()
 start=$(now_ms)
@@ -86,13 +86,12 @@ fi
 # how long it kept trying and the timeout setting.
 sed -i "s|^p11psk-timeout-ms = .*|p11psk-timeout-ms = 400|" "$T/openssl.cnf"
 sed -i "s|^p11psk-socket = .*|p11psk-socket = $T/none.sock|" "$T/openssl.cnf"
-start=$(now_ms)
 expect_fail "provider, missing socket" \
     "service unreachable:.*:at $T/none.sock: No such file or directory (still failing after [0-9]* ms) (p11psk-timeout-ms = 400)" \
     handle "$h" raw "$raw" -tls1_3
-took=$(($(now_ms) - start))
-[ "$took" -ge 400 ] && pass "provider gave up after its timeout ($took ms >= 400)" ||
-    fail "provider gave up after $took ms, before its 400 ms timeout"
+waited=$(sed -n 's/.*none.sock: No such file or directory (still failing after \([0-9]*\) ms).*/\1/p' "$T/server.out" | head -n 1)
+[ "${waited:-0}" -ge 400 ] && pass "provider kept trying for its whole timeout ($waited ms >= 400)" ||
+    fail "provider gave up after '${waited}' ms, before its 400 ms timeout"
 
 rc=0
 start=$(now_ms)
