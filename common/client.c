@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -70,6 +69,14 @@ void p11psk_peers_default(p11psk_peers *p)
         p11psk_peers_add(p, uid, P11PSK_DAEMON_SYSUSER);
 }
 
+/* Configuration text goes into error messages: no control bytes. */
+static void printable(char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+            *s = '?';
+}
+
 int p11psk_peers_parse(p11psk_peers *p, const char *spec, char *err, size_t errcap)
 {
     const char *s = spec, *end;
@@ -86,15 +93,16 @@ int p11psk_peers_parse(p11psk_peers *p, const char *spec, char *err, size_t errc
         while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
             n--;
         if (n == 0 || n >= sizeof(item)) {
-            snprintf(err, errcap, "\"%.64s\": expected user names or uids separated by commas",
-                     spec);
+            snprintf(err, errcap, "expected user names or uids separated by commas");
             goto deny;
         }
         memcpy(item, s, n);
         item[n] = '\0';
-        errno = 0;
-        v = strtoul(item, &numend, 10);
+        printable(item);
+        /* A leading digit makes a uid (POSIX names may not start with one portably). */
         if (item[0] >= '0' && item[0] <= '9') {
+            errno = 0;
+            v = strtoul(item, &numend, 10);
             if (errno != 0 || *numend != '\0' || v >= (unsigned long)(uid_t)-1) {
                 snprintf(err, errcap, "\"%s\" is not a valid uid", item);
                 goto deny;
