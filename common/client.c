@@ -4,9 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pwd.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -19,134 +17,23 @@
 #define CONNECT_BACKOFF_FIRST_MS 1
 #define CONNECT_BACKOFF_MAX_MS 50
 
-int p11psk_peers_allows(const p11psk_peers *p, uid_t uid)
-{
-    int i;
-
-    for (i = 0; i < p->n; i++)
-        if (p->uid[i] == uid)
-            return 1;
-    return 0;
-}
-
-int p11psk_peers_add(p11psk_peers *p, uid_t uid, const char *name)
-{
-    size_t used = strlen(p->names);
-    char num[32];
-
-    if (p11psk_peers_allows(p, uid))
-        return 0;
-    if (p->n >= P11PSK_PEERS_MAX)
-        return -1;
-    p->uid[p->n++] = uid;
-    if (name == NULL) {
-        snprintf(num, sizeof(num), "uid %lu", (unsigned long)uid);
-        name = num;
-    }
-    snprintf(p->names + used, sizeof(p->names) - used, "%s%s", used > 0 ? ", " : "", name);
-    return 0;
-}
-
-/* The uid of user name; -1 when there is no such user. getpwnam() is not thread-safe. */
-static int user_uid(const char *name, uid_t *uid)
-{
-    struct passwd pw, *res = NULL;
-    char buf[4096];
-
-    if (getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0 || res == NULL)
-        return -1;
-    *uid = pw.pw_uid;
-    return 0;
-}
-
-void p11psk_peers_default(p11psk_peers *p)
-{
-    uid_t uid;
-
-    memset(p, 0, sizeof(*p));
-    p11psk_peers_add(p, 0, "root");
-    if (user_uid(P11PSK_DAEMON_SYSUSER, &uid) == 0)
-        p11psk_peers_add(p, uid, P11PSK_DAEMON_SYSUSER);
-}
-
-/* Configuration text goes into error messages: no control bytes. */
-static void printable(char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
-            *s = '?';
-}
-
-int p11psk_peers_parse(p11psk_peers *p, const char *spec, char *err, size_t errcap)
-{
-    const char *s = spec, *end;
-    char item[64], *numend;
-    unsigned long v;
-    uid_t uid;
-    size_t n;
-
-    memset(p, 0, sizeof(*p));
-    while (*s != '\0') {
-        s += strspn(s, " \t");
-        end = s + strcspn(s, ",");
-        n = (size_t)(end - s);
-        while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
-            n--;
-        if (n == 0 || n >= sizeof(item)) {
-            snprintf(err, errcap, "expected user names or uids separated by commas");
-            goto deny;
-        }
-        memcpy(item, s, n);
-        item[n] = '\0';
-        printable(item);
-        /* A leading digit makes a uid (POSIX names may not start with one portably). */
-        if (item[0] >= '0' && item[0] <= '9') {
-            errno = 0;
-            v = strtoul(item, &numend, 10);
-            if (errno != 0 || *numend != '\0' || v >= (unsigned long)(uid_t)-1) {
-                snprintf(err, errcap, "\"%s\" is not a valid uid", item);
-                goto deny;
-            }
-            uid = (uid_t)v;
-            if (p11psk_peers_add(p, uid, NULL) != 0)
-                goto full;
-        } else if (user_uid(item, &uid) != 0) {
-            snprintf(err, errcap, "no user \"%s\" on this system", item);
-            goto deny;
-        } else if (p11psk_peers_add(p, uid, item) != 0) {
-            goto full;
-        }
-        s = *end == ',' ? end + 1 : end;
-    }
-    if (p->n == 0) {
-        snprintf(err, errcap, "empty list: name at least one user p11pskd runs as");
-        goto deny;
-    }
-    return 0;
-full:
-    snprintf(err, errcap, "more than %d users", P11PSK_PEERS_MAX);
-deny:
-    memset(p, 0, sizeof(*p));
-    return -1;
-}
-
-void p11psk_conn_init_peers(p11psk_conn *c, const char *path, int timeout_ms,
-                            const p11psk_peers *peers)
+void p11psk_conn_init_users(p11psk_conn *c, const char *path, int timeout_ms,
+                            const p11psk_daemon_users *users)
 {
     memset(c, 0, sizeof(*c));
     c->fd = -1;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : P11PSK_DEFAULT_TIMEOUT_MS;
-    c->peers = *peers;
+    c->users = *users;
     snprintf(c->path, sizeof(c->path), "%s", path != NULL ? path : P11PSK_DEFAULT_SOCKET);
 }
 
 void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms)
 {
-    p11psk_peers peers;
+    p11psk_daemon_users users;
 
-    p11psk_peers_default(&peers);
-    p11psk_peers_add(&peers, geteuid(), NULL);
-    p11psk_conn_init_peers(c, path, timeout_ms, &peers);
+    p11psk_daemon_users_default(&users);
+    p11psk_daemon_users_add(&users, geteuid(), NULL);
+    p11psk_conn_init_users(c, path, timeout_ms, &users);
 }
 
 void p11psk_conn_close(p11psk_conn *c)
@@ -202,7 +89,7 @@ static int peer_check(p11psk_conn *c, int fd)
         return P11PSK_CALL_PEER;
     }
     c->peer_uid = cred.uid;
-    return p11psk_peers_allows(&c->peers, cred.uid) ? 0 : P11PSK_CALL_PEER;
+    return p11psk_daemon_users_allows(&c->users, cred.uid) ? 0 : P11PSK_CALL_PEER;
 }
 
 static int conn_open(p11psk_conn *c, int *err)
@@ -433,7 +320,7 @@ void p11psk_conn_strerror(const p11psk_conn *c, int rc, int err, char *buf, size
         else
             snprintf(buf, cap,
                      "p11pskd at %s is run by uid %lu, which is not an allowed daemon user (%s)",
-                     c->path, (unsigned long)c->peer_uid, c->peers.names);
+                     c->path, (unsigned long)c->peer_uid, c->users.names);
         return;
     }
     p11psk_conn_where(c, err, where, sizeof(where));

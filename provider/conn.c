@@ -30,7 +30,7 @@ struct p11psk_pool {
     pthread_mutex_t lock;            /* guards everything below */
     char path[sizeof(((p11psk_conn *)0)->path)];
     int timeout_ms;
-    p11psk_peers peers;
+    p11psk_daemon_users users;
     pid_t pid; /* process the connections belong to */
     int nidle;
     P11PSK_POOL_CONN *idle;
@@ -136,7 +136,7 @@ static void atfork_register(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
-P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_peers *peers)
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users)
 {
     P11PSK_POOL *pool;
     p11psk_conn c;
@@ -144,11 +144,11 @@ P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_peer
     pthread_once(&atfork_once, atfork_register);
     if ((pool = OPENSSL_zalloc(sizeof(*pool))) == NULL)
         return NULL;
-    /* p11psk_conn_init_peers applies the defaults and bounds the path. */
-    p11psk_conn_init_peers(&c, path, timeout_ms, peers);
+    /* p11psk_conn_init_users applies the defaults and bounds the path. */
+    p11psk_conn_init_users(&c, path, timeout_ms, users);
     memcpy(pool->path, c.path, sizeof(pool->path));
     pool->timeout_ms = c.timeout_ms;
-    pool->peers = c.peers;
+    pool->users = c.users;
     pool->pid = getpid();
     pthread_mutex_init(&pool->lock, NULL);
     pthread_mutex_lock(&registry_lock);
@@ -212,7 +212,7 @@ static P11PSK_POOL_CONN *pool_get(P11PSK_POOL *pool)
      * configuration fields never change after p11psk_pool_new. */
     if ((pcn = OPENSSL_zalloc(sizeof(*pcn))) == NULL)
         return NULL;
-    p11psk_conn_init_peers(&pcn->conn, pool->path, pool->timeout_ms, &pool->peers);
+    p11psk_conn_init_users(&pcn->conn, pool->path, pool->timeout_ms, &pool->users);
     pthread_mutex_lock(&pool->lock);
     list_push(&pool->busy, pcn);
     pthread_mutex_unlock(&pool->lock);

@@ -104,7 +104,7 @@ const char *p11psk_reason_str(int reason); /* provider.c */
                  (reason), __VA_ARGS__)
 
 /* conn.c. The pool copies what it is given; NULL when out of memory. */
-P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_peers *peers);
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users);
 /* At provider teardown: closes every connection and cleanses the buffers. */
 void p11psk_pool_free(P11PSK_POOL *pool);
 /*

@@ -131,7 +131,7 @@ static const OSSL_DISPATCH p11psk_dispatch[] = {
 typedef struct {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int timeout_ms;
-    p11psk_peers peers;
+    p11psk_daemon_users users;
 } prov_conf;
 
 /*
@@ -205,8 +205,8 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
 
     /* Default: root, and the system user packages create for p11pskd when it exists. */
     if (cfg_users == NULL) {
-        p11psk_peers_default(&cf->peers);
-    } else if (p11psk_peers_parse(&cf->peers, cfg_users, why, sizeof(why)) != 0) {
+        p11psk_daemon_users_default(&cf->users);
+    } else if (p11psk_daemon_users_parse(&cf->users, cfg_users, why, sizeof(why)) != 0) {
         if (ret == 0)
             snprintf(err, errcap, "%s: %s", users_src, why);
         ret = -1;
@@ -234,7 +234,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
     if (pc->libctx == NULL ||
-        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.peers)) == NULL) {
+        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.users)) == NULL) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context or a pool");
         OSSL_LIB_CTX_free(pc->libctx);
         pthread_mutex_destroy(&pc->delegate_lock);
@@ -242,7 +242,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         return 0;
     }
     p11psk_debug("provider %s loaded: socket %s, timeout %d ms, daemon users %s", P11PSK_VERSION,
-                 cf.path, cf.timeout_ms, cf.peers.n > 0 ? cf.peers.names : "(none)");
+                 cf.path, cf.timeout_ms, cf.users.n > 0 ? cf.users.names : "(none)");
     *out = p11psk_dispatch;
     *provctx = pc;
     return 1;

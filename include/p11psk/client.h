@@ -5,36 +5,11 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "p11psk/daemon_users.h"
 #include "p11psk/wire.h"
 
 #define P11PSK_DEFAULT_SOCKET "/run/p11psk/p11psk.sock"
 #define P11PSK_DEFAULT_TIMEOUT_MS 2000
-/* The system user packages create for p11pskd; allowed as a daemon user when it exists. */
-#define P11PSK_DAEMON_SYSUSER "p11psk"
-
-#define P11PSK_PEERS_MAX 8
-
-/*
- * The users p11pskd may run as. A client checks the uid behind the socket (SO_PEERCRED)
- * before it sends anything: whoever can put a socket at the path (a directory another uid
- * controls, a stale path) must not receive handles or handshake secrets.
- */
-typedef struct {
-    uid_t uid[P11PSK_PEERS_MAX];
-    int n;
-    char names[192]; /* "root, p11psk": for error messages */
-} p11psk_peers;
-
-/* Adds uid (named name, or "uid N" when name is NULL) unless present; -1 when full. */
-int p11psk_peers_add(p11psk_peers *p, uid_t uid, const char *name);
-/* root and the P11PSK_DAEMON_SYSUSER user when it exists. */
-void p11psk_peers_default(p11psk_peers *p);
-/*
- * "NAME|UID[,NAME|UID...]" replaces p's contents. Returns -1 with a message in err on an
- * empty list, an unknown user or too many entries (p is then empty: deny).
- */
-int p11psk_peers_parse(p11psk_peers *p, const char *spec, char *err, size_t errcap);
-int p11psk_peers_allows(const p11psk_peers *p, uid_t uid);
 
 typedef struct {
     int fd;    /* -1 when not connected */
@@ -43,7 +18,7 @@ typedef struct {
     int reopened;   /* the last call found this connection stale (daemon restart) and reconnected */
     int waited_ms;  /* a failed connect kept retrying this long (socket missing, backlog full) */
     uid_t peer_uid; /* who answered the last connect; the culprit of P11PSK_CALL_PEER */
-    p11psk_peers peers;
+    p11psk_daemon_users users;
     char path[108];
 } p11psk_conn;
 
@@ -62,8 +37,8 @@ enum p11psk_call_rc {
  */
 void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms);
 /* The same with an explicit list (the provider's, from its configuration); no user lookups. */
-void p11psk_conn_init_peers(p11psk_conn *c, const char *path, int timeout_ms,
-                            const p11psk_peers *peers);
+void p11psk_conn_init_users(p11psk_conn *c, const char *path, int timeout_ms,
+                            const p11psk_daemon_users *users);
 void p11psk_conn_close(p11psk_conn *c);
 
 /*
