@@ -1,22 +1,39 @@
+#define _GNU_SOURCE /* struct ucred */
 #include "p11psk/client.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "p11psk/clock.h"
 
-void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms)
+/* connect() retry backoff while the daemon restarts or its backlog is full. */
+#define CONNECT_BACKOFF_FIRST_MS 1
+#define CONNECT_BACKOFF_MAX_MS 50
+
+void p11psk_conn_init_users(p11psk_conn *c, const char *path, int timeout_ms,
+                            const p11psk_daemon_users *users)
 {
     memset(c, 0, sizeof(*c));
     c->fd = -1;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : P11PSK_DEFAULT_TIMEOUT_MS;
+    c->users = *users;
     snprintf(c->path, sizeof(c->path), "%s", path != NULL ? path : P11PSK_DEFAULT_SOCKET);
+}
+
+void p11psk_conn_init(p11psk_conn *c, const char *path, int timeout_ms)
+{
+    p11psk_daemon_users users;
+
+    p11psk_daemon_users_default(&users);
+    p11psk_daemon_users_add(&users, geteuid(), NULL);
+    p11psk_conn_init_users(c, path, timeout_ms, &users);
 }
 
 void p11psk_conn_close(p11psk_conn *c)
@@ -47,11 +64,42 @@ static int wait_fd(int fd, short ev, long long deadline)
     }
 }
 
+static void sleep_ms(long long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Worth another try: no socket yet (restart), nobody listening yet, or the backlog is full. */
+static int connect_transient(int e)
+{
+    return e == EAGAIN || e == EWOULDBLOCK || e == ECONNREFUSED || e == ENOENT;
+}
+
+/* Who listens behind fd. Checked before the first byte is sent. */
+static int peer_check(p11psk_conn *c, int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred)) {
+        c->peer_uid = (uid_t)-1;
+        return P11PSK_CALL_PEER;
+    }
+    c->peer_uid = cred.uid;
+    return p11psk_daemon_users_allows(&c->users, cred.uid) ? 0 : P11PSK_CALL_PEER;
+}
+
 static int conn_open(p11psk_conn *c, int *err)
 {
+    long long deadline = p11psk_mono_ms() + c->timeout_ms, start = p11psk_mono_ms(), left;
+    long long backoff = CONNECT_BACKOFF_FIRST_MS;
     struct sockaddr_un sa;
-    int fd;
+    int fd, e;
 
+    c->waited_ms = 0;
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
     if (strlen(c->path) >= sizeof(sa.sun_path)) {
@@ -59,16 +107,32 @@ static int conn_open(p11psk_conn *c, int *err)
         return P11PSK_CALL_UNREACHABLE;
     }
     memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        *err = errno;
-        return P11PSK_CALL_UNREACHABLE;
-    }
-    /* A unix connect either completes or fails at once (EAGAIN: backlog full). */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        *err = errno;
+    for (;;) {
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+            *err = errno;
+            return P11PSK_CALL_UNREACHABLE;
+        }
+        /* A unix connect either completes or fails at once (EAGAIN: backlog full). */
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            break;
+        e = errno;
         close(fd);
-        return P11PSK_CALL_UNREACHABLE;
+        if (e == EINTR)
+            continue;
+        left = deadline - p11psk_mono_ms();
+        if (!connect_transient(e) || left <= 0) {
+            *err = e;
+            c->waited_ms = (int)(p11psk_mono_ms() - start);
+            return P11PSK_CALL_UNREACHABLE;
+        }
+        sleep_ms(backoff < left ? backoff : left);
+        backoff = backoff * 2 < CONNECT_BACKOFF_MAX_MS ? backoff * 2 : CONNECT_BACKOFF_MAX_MS;
+    }
+    if (peer_check(c, fd) != 0) {
+        close(fd);
+        *err = 0;
+        return P11PSK_CALL_PEER;
     }
     c->fd = fd;
     c->pid = getpid();
@@ -322,6 +386,42 @@ const char *p11psk_call_strerror(int rc)
         return "service timed out";
     case P11PSK_CALL_PROTO:
         return "malformed answer from service";
+    case P11PSK_CALL_PEER:
+        return "service run by a user not allowed";
     }
     return "service error";
+}
+
+void p11psk_conn_where(const p11psk_conn *c, int err, char *buf, size_t cap)
+{
+    char tmp[128];
+
+    if (err == 0) {
+        snprintf(buf, cap, "at %s", c->path);
+        return;
+    }
+    /* strerror() may share one buffer between threads; this is the GNU strerror_r. */
+    if (connect_transient(err) && c->waited_ms > 0)
+        snprintf(buf, cap, "at %s: %s (still failing after %d ms)", c->path,
+                 strerror_r(err, tmp, sizeof(tmp)), c->waited_ms);
+    else
+        snprintf(buf, cap, "at %s: %s", c->path, strerror_r(err, tmp, sizeof(tmp)));
+}
+
+void p11psk_conn_strerror(const p11psk_conn *c, int rc, int err, char *buf, size_t cap)
+{
+    char where[256];
+
+    if (rc == P11PSK_CALL_PEER) {
+        if (c->peer_uid == (uid_t)-1)
+            snprintf(buf, cap, "cannot tell which user runs p11pskd at %s (SO_PEERCRED failed)",
+                     c->path);
+        else
+            snprintf(buf, cap,
+                     "p11pskd at %s is run by uid %lu, which is not an allowed daemon user (%s)",
+                     c->path, (unsigned long)c->peer_uid, c->users.names);
+        return;
+    }
+    p11psk_conn_where(c, err, where, sizeof(where));
+    snprintf(buf, cap, "%s %s", p11psk_call_strerror(rc), where);
 }

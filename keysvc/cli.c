@@ -485,8 +485,7 @@ int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp,
     rc = p11psk_conn_call(&c, req, resp, m, &e);
     p11psk_conn_close(&c);
     if (rc != P11PSK_CALL_OK) {
-        snprintf(why, whylen, "%s at %s%s%s", p11psk_call_strerror(rc), c.path, e ? ": " : "",
-                 e ? strerror(e) : "");
+        p11psk_conn_strerror(&c, rc, e, why, whylen);
         return rc;
     }
     return m->code;

@@ -57,6 +57,7 @@ typedef struct {
 
 struct p11psk_bcache {
     bc_region *r;
+    P11PSK_GENPAGE *gp; /* the context's generation page (genpage.c), not owned */
     size_t len;
     unsigned ttl_s;
 };
@@ -112,7 +113,7 @@ static void say_off_once(const char *why)
         p11psk_debug("binder-key cache off: %s", why);
 }
 
-P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s)
+P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s, P11PSK_GENPAGE *gp)
 {
     size_t len = (sizeof(bc_region) + 4095) & ~(size_t)4095;
     P11PSK_BCACHE *bc;
@@ -141,6 +142,7 @@ P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s)
     bc->r = p;
     bc->len = len;
     bc->ttl_s = ttl_s;
+    bc->gp = gp;
     bc->r->pid = getpid();
     return bc;
 }
@@ -242,7 +244,7 @@ int p11psk_bcache_get(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, uint
     memset(t, 0, sizeof(*t));
     if (bc == NULL || (t->label = bc_binder_label(ctx, md, outlen)) < 0)
         return -1;
-    if ((g = p11psk_genpage_read()) == 0) {
+    if ((g = p11psk_genpage_read(bc->gp)) == 0) {
         /*
          * No page (yet, or p11pskd stopped): drop what we hold and ask for a page once this
          * round trip has succeeded, so that a hung p11pskd costs one timeout, not two. The
@@ -281,16 +283,16 @@ void p11psk_bcache_put(P11PSK_BCACHE *bc, const P11PSK_KDF_CTX *ctx, int md, con
     size_t i;
 
     if (bc != NULL && t->want_page) {
-        p11psk_genpage_want();
+        p11psk_genpage_want(bc->gp);
         return;
     }
     /* A key change while the answer was on its way: the value may be the old key's. */
-    if (bc == NULL || !t->takes || p11psk_genpage_read() != t->gen)
+    if (bc == NULL || !t->takes || p11psk_genpage_read(bc->gp) != t->gen)
         return;
     r = bc->r;
     bc_lock(r);
     /* Checked again under the lock: never move the region back to an older generation. */
-    if (p11psk_genpage_read() == t->gen && bc_enter(bc, t->gen) == 0) {
+    if (p11psk_genpage_read(bc->gp) == t->gen && bc_enter(bc, t->gen) == 0) {
         if ((e = bc_find(r, ctx, md, t->label)) == NULL) {
             long long now = p11psk_mono_ms();
 

@@ -1,11 +1,13 @@
 /*
- * Connections to p11pskd, shared by every provider instance and thread, and the mapping of
- * daemon answers to OpenSSL errors.
+ * Connections to p11pskd, one pool per provider instance (that is, per OSSL_LIB_CTX: each
+ * context's openssl.cnf may name its own daemon), and the mapping of daemon answers to
+ * OpenSSL errors.
  *
- * A small pool: a call takes an idle connection (or opens a new one), runs its request
- * without holding any lock and gives the connection back, so threads never share a
- * connection and never wait for each other's round trips. The lock only guards the lists
- * and is never held across I/O, which also keeps the fork handlers short.
+ * A call takes an idle connection of its pool (or opens a new one), runs its request without
+ * holding any lock and gives the connection back, so threads never share a connection and
+ * never wait for each other's round trips. A pool's lock only guards its lists and is never
+ * held across I/O, which also keeps the fork handlers short. The fork handlers reach every
+ * live pool through a registry.
  */
 #include "prov.h"
 
@@ -14,9 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "p11psk/client.h"
-
-/* Idle connections kept per process; more concurrent calls open (and then close) extras. */
+/* Idle connections kept per pool; more concurrent calls open (and then close) extras. */
 #define P11PSK_POOL_IDLE_MAX 8
 
 typedef struct p11psk_pool_conn {
@@ -25,18 +25,22 @@ typedef struct p11psk_pool_conn {
     uint8_t resp[P11PSK_WIRE_MAX]; /* answers carry derived secrets: cleansed after each call */
 } P11PSK_POOL_CONN;
 
-static struct {
-    pthread_mutex_t lock; /* guards everything below */
-    int refs;
+struct p11psk_pool {
+    struct p11psk_pool *next, *prev; /* in the registry; guarded by registry_lock */
+    pthread_mutex_t lock;            /* guards everything below */
     char path[sizeof(((p11psk_conn *)0)->path)];
     int timeout_ms;
+    p11psk_daemon_users users;
     pid_t pid; /* process the connections belong to */
     int nidle;
     P11PSK_POOL_CONN *idle;
     P11PSK_POOL_CONN *busy; /* checked out by a call; known so that a child can drop them */
-} svc = {.lock = PTHREAD_MUTEX_INITIALIZER};
+};
 
-static pthread_once_t svc_atfork_once = PTHREAD_ONCE_INIT;
+/* Live pools, for the fork handlers. Lock order: registry_lock, then a pool's lock. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static P11PSK_POOL *registry;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void pool_conn_free(P11PSK_POOL_CONN *pcn)
 {
@@ -64,13 +68,13 @@ static void list_unlink(P11PSK_POOL_CONN **head, P11PSK_POOL_CONN *pcn)
     pcn->next = pcn->prev = NULL;
 }
 
-/* Unlinks the idle list; the caller frees it outside the lock. Lock held. */
-static P11PSK_POOL_CONN *pool_take_idle(void)
+/* Unlinks the idle list; the caller frees it outside the lock. Pool lock held. */
+static P11PSK_POOL_CONN *pool_take_idle(P11PSK_POOL *pool)
 {
-    P11PSK_POOL_CONN *all = svc.idle;
+    P11PSK_POOL_CONN *all = pool->idle;
 
-    svc.idle = NULL;
-    svc.nidle = 0;
+    pool->idle = NULL;
+    pool->nidle = 0;
     return all;
 }
 
@@ -85,95 +89,133 @@ static void pool_free_list(P11PSK_POOL_CONN *pcn)
 }
 
 /*
- * Fork: no thread may hold the lock at the moment of fork, or the child would inherit it
+ * Fork: no thread may hold a lock at the moment of fork, or the child would inherit it
  * locked forever. The child then drops every connection, idle or checked out by a thread
  * that does not exist in the child: they are the parent's conversations, and the parent
  * keeps its own descriptors (closing the child's copies sends nothing to the daemon).
  */
-static void svc_atfork_prepare(void)
+static void atfork_prepare(void)
 {
-    pthread_mutex_lock(&svc.lock);
+    P11PSK_POOL *pool;
+
+    pthread_mutex_lock(&registry_lock);
+    for (pool = registry; pool != NULL; pool = pool->next)
+        pthread_mutex_lock(&pool->lock);
 }
 
-static void svc_atfork_parent(void)
+static void atfork_parent(void)
 {
-    pthread_mutex_unlock(&svc.lock);
+    P11PSK_POOL *pool;
+
+    for (pool = registry; pool != NULL; pool = pool->next)
+        pthread_mutex_unlock(&pool->lock);
+    pthread_mutex_unlock(&registry_lock);
 }
 
-static void svc_atfork_child(void)
+static void atfork_child(void)
 {
-    P11PSK_POOL_CONN *busy = svc.busy, *idle = pool_take_idle();
+    P11PSK_POOL_CONN *busy, *idle;
+    P11PSK_POOL *pool;
 
-    svc.busy = NULL;
-    svc.pid = getpid();
-    /* The forking thread took the lock in prepare; its copy in the child releases it. */
-    pthread_mutex_unlock(&svc.lock);
-    pool_free_list(idle);
-    pool_free_list(busy);
+    /* The forking thread took the locks in prepare; its copy in the child releases them. */
+    for (pool = registry; pool != NULL; pool = pool->next) {
+        busy = pool->busy;
+        idle = pool_take_idle(pool);
+        pool->busy = NULL;
+        pool->pid = getpid();
+        pthread_mutex_unlock(&pool->lock);
+        pool_free_list(idle);
+        pool_free_list(busy);
+    }
+    pthread_mutex_unlock(&registry_lock);
 }
 
-static void svc_atfork_register(void)
+static void atfork_register(void)
 {
     /* glibc unregisters these when the module is unloaded (dlclose). */
-    pthread_atfork(svc_atfork_prepare, svc_atfork_parent, svc_atfork_child);
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
-void p11psk_svc_ref(const char *path, int timeout_ms)
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users)
 {
-    pthread_once(&svc_atfork_once, svc_atfork_register);
-    pthread_mutex_lock(&svc.lock);
-    /* The first instance's configuration wins; later ones share its connections. */
-    if (svc.refs++ == 0) {
-        p11psk_conn c;
+    P11PSK_POOL *pool;
+    p11psk_conn c;
 
-        p11psk_conn_init(&c, path, timeout_ms);
-        memcpy(svc.path, c.path, sizeof(svc.path));
-        svc.timeout_ms = c.timeout_ms;
-        svc.pid = getpid();
-    }
-    pthread_mutex_unlock(&svc.lock);
+    pthread_once(&atfork_once, atfork_register);
+    if ((pool = OPENSSL_zalloc(sizeof(*pool))) == NULL)
+        return NULL;
+    /* p11psk_conn_init_users applies the defaults and bounds the path. */
+    p11psk_conn_init_users(&c, path, timeout_ms, users);
+    memcpy(pool->path, c.path, sizeof(pool->path));
+    pool->timeout_ms = c.timeout_ms;
+    pool->users = c.users;
+    pool->pid = getpid();
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_mutex_lock(&registry_lock);
+    pool->next = registry;
+    if (registry != NULL)
+        registry->prev = pool;
+    registry = pool;
+    pthread_mutex_unlock(&registry_lock);
+    return pool;
 }
 
-void p11psk_svc_unref(void)
+void p11psk_pool_free(P11PSK_POOL *pool)
 {
-    P11PSK_POOL_CONN *all = NULL;
+    P11PSK_POOL_CONN *idle, *busy;
 
-    pthread_mutex_lock(&svc.lock);
-    if (svc.refs > 0 && --svc.refs == 0)
-        all = pool_take_idle();
-    pthread_mutex_unlock(&svc.lock);
-    pool_free_list(all);
+    if (pool == NULL)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    if (pool->prev != NULL)
+        pool->prev->next = pool->next;
+    else
+        registry = pool->next;
+    if (pool->next != NULL)
+        pool->next->prev = pool->prev;
+    pthread_mutex_unlock(&registry_lock);
+    /* Teardown runs when no call can be in flight: the busy list is empty but for a bug. */
+    pthread_mutex_lock(&pool->lock);
+    idle = pool_take_idle(pool);
+    busy = pool->busy;
+    pool->busy = NULL;
+    pthread_mutex_unlock(&pool->lock);
+    pool_free_list(idle);
+    pool_free_list(busy);
+    pthread_mutex_destroy(&pool->lock);
+    OPENSSL_clear_free(pool, sizeof(*pool));
 }
 
 /* An idle connection, or a new unconnected one (p11psk_conn_call connects it). */
-static P11PSK_POOL_CONN *pool_get(void)
+static P11PSK_POOL_CONN *pool_get(P11PSK_POOL *pool)
 {
     P11PSK_POOL_CONN *pcn, *stale = NULL;
     pid_t pid = getpid();
 
-    pthread_mutex_lock(&svc.lock);
+    pthread_mutex_lock(&pool->lock);
     /* Only after a fork that bypassed the handlers (a raw clone): drop the parent's pool. */
-    if (svc.pid != pid) {
-        stale = pool_take_idle();
-        svc.pid = pid;
+    if (pool->pid != pid) {
+        stale = pool_take_idle(pool);
+        pool->pid = pid;
     }
-    if ((pcn = svc.idle) != NULL) {
-        list_unlink(&svc.idle, pcn);
-        svc.nidle--;
-        list_push(&svc.busy, pcn);
+    if ((pcn = pool->idle) != NULL) {
+        list_unlink(&pool->idle, pcn);
+        pool->nidle--;
+        list_push(&pool->busy, pcn);
     }
-    pthread_mutex_unlock(&svc.lock);
+    pthread_mutex_unlock(&pool->lock);
     pool_free_list(stale);
     if (pcn != NULL)
         return pcn;
 
-    /* Allocated outside the lock: other threads keep taking and returning meanwhile. */
+    /* Allocated outside the lock: other threads keep taking and returning meanwhile. The
+     * configuration fields never change after p11psk_pool_new. */
     if ((pcn = OPENSSL_zalloc(sizeof(*pcn))) == NULL)
         return NULL;
-    pthread_mutex_lock(&svc.lock);
-    p11psk_conn_init(&pcn->conn, svc.path, svc.timeout_ms);
-    list_push(&svc.busy, pcn);
-    pthread_mutex_unlock(&svc.lock);
+    p11psk_conn_init_users(&pcn->conn, pool->path, pool->timeout_ms, &pool->users);
+    pthread_mutex_lock(&pool->lock);
+    list_push(&pool->busy, pcn);
+    pthread_mutex_unlock(&pool->lock);
     return pcn;
 }
 
@@ -182,18 +224,17 @@ static P11PSK_POOL_CONN *pool_get(void)
  * one that failed (timeout included) was closed by p11psk_conn_call, so a late answer to
  * an abandoned request can never be read as the answer to the next one.
  */
-static void pool_put(P11PSK_POOL_CONN *pcn)
+static void pool_put(P11PSK_POOL *pool, P11PSK_POOL_CONN *pcn)
 {
     OPENSSL_cleanse(pcn->resp, sizeof(pcn->resp));
-    pthread_mutex_lock(&svc.lock);
-    list_unlink(&svc.busy, pcn);
-    if (pcn->conn.fd >= 0 && svc.refs > 0 && svc.nidle < P11PSK_POOL_IDLE_MAX &&
-        pcn->conn.pid == svc.pid) {
-        list_push(&svc.idle, pcn);
-        svc.nidle++;
+    pthread_mutex_lock(&pool->lock);
+    list_unlink(&pool->busy, pcn);
+    if (pcn->conn.fd >= 0 && pool->nidle < P11PSK_POOL_IDLE_MAX && pcn->conn.pid == pool->pid) {
+        list_push(&pool->idle, pcn);
+        pool->nidle++;
         pcn = NULL;
     }
-    pthread_mutex_unlock(&svc.lock);
+    pthread_mutex_unlock(&pool->lock);
     if (pcn != NULL)
         pool_conn_free(pcn);
 }
@@ -227,8 +268,8 @@ static int status_reason(int st)
 int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, uint8_t *out,
                     size_t outlen)
 {
-    char path[sizeof(svc.path)], msg[512] = "", errbuf[128];
-    int rc, err = 0, timeout_ms, ok = 0, bad_out = 0, has_ckr = 0, st = -1;
+    char msg[512] = "", why[512];
+    int rc, err = 0, ok = 0, bad_out = 0, has_ckr = 0, st = -1;
     uint8_t op = req->buf[P11PSK_WIRE_HDR + 1];
     P11PSK_POOL_CONN *pcn;
     uint32_t ckr = 0;
@@ -244,7 +285,7 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "%s request too large", p11psk_op_str(op));
         return -1;
     }
-    if ((pcn = pool_get()) == NULL) {
+    if (pc->pool == NULL || (pcn = pool_get(pc->pool)) == NULL) {
         p11psk_frame_cleanse(req);
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "out of memory for a connection to p11pskd");
         return -1;
@@ -252,11 +293,14 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
 
     /* No lock held: this connection is ours alone until pool_put. */
     rc = p11psk_conn_call(&pcn->conn, req, pcn->resp, &m, &err);
-    memcpy(path, pcn->conn.path, sizeof(path));
-    timeout_ms = pcn->conn.timeout_ms;
     if (pcn->conn.reopened)
         p11psk_debug("%s: pooled connection to %s was stale (p11pskd restarted?), reopened",
-                     p11psk_op_str(op), path);
+                     p11psk_op_str(op), pcn->conn.path);
+    /* The daemon's users, or where the connect or the I/O failed; nothing secret. */
+    if (rc == P11PSK_CALL_PEER)
+        p11psk_conn_strerror(&pcn->conn, rc, err, why, sizeof(why));
+    else if (rc != P11PSK_CALL_OK)
+        p11psk_conn_where(&pcn->conn, err, why, sizeof(why));
     if (rc == P11PSK_CALL_OK)
         st = m.code;
     if (st == P11PSK_ST_OK) {
@@ -274,13 +318,8 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
         has_ckr = p11psk_msg_u32(&m, P11PSK_T_CKR, &ckr) == P11PSK_WIRE_OK;
     }
     OPENSSL_cleanse(&m, sizeof(m));
-    pool_put(pcn);
+    pool_put(pc->pool, pcn);
     p11psk_frame_cleanse(req);
-    /* strerror() may share one buffer between threads. */
-    if (err != 0 && strerror_r(err, errbuf, sizeof(errbuf)) != 0)
-        snprintf(errbuf, sizeof(errbuf), "errno %d", err);
-    else if (err == 0)
-        snprintf(errbuf, sizeof(errbuf), "%s", p11psk_call_strerror(rc));
 
     if (ok) {
         p11psk_debug("%s: ok", p11psk_op_str(op));
@@ -289,25 +328,31 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
     switch (rc) {
     case P11PSK_CALL_OK:
         break;
+    case P11PSK_CALL_PEER:
+        P11PSK_RAISE(pc, P11PSK_R_UNTRUSTED_DAEMON,
+                     "%s; set %s in the provider's openssl.cnf section if p11pskd runs as "
+                     "another user",
+                     why, P11PSK_CONF_DAEMON_USER);
+        return -1;
     case P11PSK_CALL_UNREACHABLE:
-        P11PSK_RAISE(pc, P11PSK_R_SERVICE_UNREACHABLE, "at %s: %s", path, errbuf);
+        P11PSK_RAISE(pc, P11PSK_R_SERVICE_UNREACHABLE, "%s (%s = %d)", why, P11PSK_CONF_TIMEOUT,
+                     pc->pool->timeout_ms);
         return -1;
     case P11PSK_CALL_TIMEOUT:
-        P11PSK_RAISE(pc, P11PSK_R_SERVICE_TIMEOUT, "after %d ms at %s during %s (%s)", timeout_ms,
-                     path, p11psk_op_str(op), P11PSK_CONF_TIMEOUT);
+        P11PSK_RAISE(pc, P11PSK_R_SERVICE_TIMEOUT, "after %d ms at %s during %s (%s)",
+                     pc->pool->timeout_ms, pc->pool->path, p11psk_op_str(op), P11PSK_CONF_TIMEOUT);
         return -1;
     case P11PSK_CALL_IO:
-        P11PSK_RAISE(pc, P11PSK_R_CONNECTION_LOST, "at %s during %s: %s", path, p11psk_op_str(op),
-                     errbuf);
+        P11PSK_RAISE(pc, P11PSK_R_CONNECTION_LOST, "%s during %s", why, p11psk_op_str(op));
         return -1;
     default:
         P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR, "malformed answer to %s from %s",
-                     p11psk_op_str(op), path);
+                     p11psk_op_str(op), pc->pool->path);
         return -1;
     }
     if (bad_out) {
         P11PSK_RAISE(pc, P11PSK_R_PROTOCOL_ERROR, "answer to %s from %s lacks a %zu-byte result",
-                     p11psk_op_str(op), path, outlen);
+                     p11psk_op_str(op), pc->pool->path, outlen);
         return -1;
     }
     if (msg[0] == '\0' && has_ckr)

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The key generation page of p11pskd, mapped read-only once per process: its first 8 bytes
+ * The key generation page of p11pskd, mapped read-only once per provider context (each
+ * context talks to its own p11pskd): its first 8 bytes
  * move whenever a key's value or existence may have changed, so a binder cache compares one
  * load with the value its entries were made under (bcache.c). Fetched with GEN_PAGE after
  * the first binder-key round trip that succeeded (never before one: a hung p11pskd would
@@ -32,53 +33,55 @@
  * blocked on a hung token), and the handshake waiting on us must not pay a full timeout. */
 #define GEN_TIMEOUT_MAX_MS 500
 
-static struct {
+struct p11psk_genpage {
     pthread_mutex_t lock; /* fetches only; readers never take it */
-    int refs;
     char path[sizeof(((p11psk_conn *)0)->path)];
     int timeout_ms;
+    p11psk_daemon_users users; /* the page is taken only from an allowed daemon user */
     _Atomic(const _Atomic uint64_t *) page; /* NULL: none mapped */
     const void *retired[GEN_RETIRED_MAX];
     size_t nretired;
     long long next_try_ms;
     size_t len;
-} gp = {.lock = PTHREAD_MUTEX_INITIALIZER};
+};
 
-void p11psk_genpage_ref(const char *path, int timeout_ms)
+P11PSK_GENPAGE *p11psk_genpage_new(const char *path, int timeout_ms,
+                                   const p11psk_daemon_users *users)
 {
-    pthread_mutex_lock(&gp.lock);
-    if (gp.refs++ == 0) {
-        p11psk_conn c;
+    P11PSK_GENPAGE *gp = OPENSSL_zalloc(sizeof(*gp));
+    p11psk_conn c;
 
-        p11psk_conn_init(&c, path, timeout_ms);
-        memcpy(gp.path, c.path, sizeof(gp.path));
-        gp.timeout_ms = c.timeout_ms;
-    }
-    pthread_mutex_unlock(&gp.lock);
+    if (gp == NULL)
+        return NULL;
+    pthread_mutex_init(&gp->lock, NULL);
+    p11psk_conn_init_users(&c, path, timeout_ms, users);
+    memcpy(gp->path, c.path, sizeof(gp->path));
+    gp->timeout_ms = c.timeout_ms;
+    gp->users = *users;
+    return gp;
 }
 
-void p11psk_genpage_unref(void)
+void p11psk_genpage_free(P11PSK_GENPAGE *gp)
 {
     const void *cur;
     size_t i;
 
-    pthread_mutex_lock(&gp.lock);
-    if (gp.refs > 0 && --gp.refs == 0) {
-        /* The last provider instance is going: nothing reads the pages any more. */
-        cur = (const void *)atomic_exchange(&gp.page, NULL);
-        if (cur != NULL)
-            munmap((void *)cur, gp.len);
-        for (i = 0; i < gp.nretired; i++)
-            munmap((void *)gp.retired[i], gp.len);
-        gp.nretired = 0;
-        gp.next_try_ms = 0;
-    }
-    pthread_mutex_unlock(&gp.lock);
+    if (gp == NULL)
+        return;
+    /* The provider context is going: nothing reads its pages any more. */
+    cur = (const void *)atomic_exchange(&gp->page, NULL);
+    if (cur != NULL)
+        munmap((void *)cur, gp->len);
+    for (i = 0; i < gp->nretired; i++)
+        munmap((void *)gp->retired[i], gp->len);
+    pthread_mutex_destroy(&gp->lock);
+    OPENSSL_free(gp);
 }
 
-uint64_t p11psk_genpage_read(void)
+uint64_t p11psk_genpage_read(P11PSK_GENPAGE *gp)
 {
-    const _Atomic uint64_t *p = atomic_load_explicit(&gp.page, memory_order_acquire);
+    const _Atomic uint64_t *p =
+        gp != NULL ? atomic_load_explicit(&gp->page, memory_order_acquire) : NULL;
     uint64_t g;
 
     if (p == NULL)
@@ -117,20 +120,24 @@ static const void *map_page(int fd, size_t len)
 }
 
 /* One GEN_PAGE request on a connection of its own; the mapped page or NULL. Lock held. */
-static const void *fetch_page(void)
+static const void *fetch_page(P11PSK_GENPAGE *gp)
 {
-    static uint8_t resp[P11PSK_WIRE_MAX]; /* a counter, no secret; guarded by gp.lock */
+    static uint8_t resp[P11PSK_WIRE_MAX]; /* a counter, no secret; one fetch at a time */
+    static pthread_mutex_t resp_lock = PTHREAD_MUTEX_INITIALIZER;
     p11psk_frame req;
     p11psk_conn c;
     p11psk_msg m;
     const void *p = NULL;
     int fd = -1, rc, err = 0;
 
-    p11psk_conn_init(&c, gp.path,
-                     gp.timeout_ms < GEN_TIMEOUT_MAX_MS ? gp.timeout_ms : GEN_TIMEOUT_MAX_MS);
+    p11psk_conn_init_users(&c, gp->path,
+                           gp->timeout_ms < GEN_TIMEOUT_MAX_MS ? gp->timeout_ms
+                                                               : GEN_TIMEOUT_MAX_MS,
+                           &gp->users);
     p11psk_frame_start(&req, P11PSK_OP_GEN_PAGE);
     if (p11psk_frame_finish(&req) == 0)
         return NULL;
+    pthread_mutex_lock(&resp_lock);
     rc = p11psk_conn_call_fd(&c, &req, resp, &m, &fd, &err);
     p11psk_conn_close(&c);
     if (rc != P11PSK_CALL_OK)
@@ -140,14 +147,15 @@ static const void *fetch_page(void)
                      p11psk_status_str(m.code));
     else if (fd < 0)
         p11psk_debug("gen-page: the answer carried no descriptor; not caching binder keys");
-    else if ((p = map_page(fd, gp.len)) != NULL)
+    else if ((p = map_page(fd, gp->len)) != NULL)
         p11psk_debug("gen-page: generation page mapped");
+    pthread_mutex_unlock(&resp_lock);
     if (fd >= 0)
         close(fd); /* the mapping keeps the page */
     return p;
 }
 
-void p11psk_genpage_want(void)
+void p11psk_genpage_want(P11PSK_GENPAGE *gp)
 {
     const _Atomic uint64_t *cur;
     const void *p;
@@ -156,26 +164,26 @@ void p11psk_genpage_want(void)
     long psz = sysconf(_SC_PAGESIZE);
 
     /* Test hook and escape hatch: behave as a process that cannot map the page. */
-    if (env != NULL && env[0] != '\0' && strcmp(env, "0") != 0)
+    if (gp == NULL || (env != NULL && env[0] != '\0' && strcmp(env, "0") != 0))
         return;
     /* Never wait here: a thread fetching already, or a lock inherited held across fork. */
-    if (pthread_mutex_trylock(&gp.lock) != 0)
+    if (pthread_mutex_trylock(&gp->lock) != 0)
         return;
-    cur = atomic_load(&gp.page);
+    cur = atomic_load(&gp->page);
     if (cur != NULL && atomic_load(cur) == GEN_DEAD) {
         /* p11pskd stopped; its successor has a page of its own. */
-        if (gp.nretired < GEN_RETIRED_MAX) {
-            gp.retired[gp.nretired++] = (const void *)cur;
-            atomic_store(&gp.page, NULL);
-            gp.next_try_ms = 0;
+        if (gp->nretired < GEN_RETIRED_MAX) {
+            gp->retired[gp->nretired++] = (const void *)cur;
+            atomic_store(&gp->page, NULL);
+            gp->next_try_ms = 0;
         }
-        cur = atomic_load(&gp.page);
+        cur = atomic_load(&gp->page);
     }
-    if (cur == NULL && gp.refs > 0 && now >= gp.next_try_ms) {
-        gp.len = psz > 0 ? (size_t)psz : 4096;
-        gp.next_try_ms = now + GEN_RETRY_MS;
-        if ((p = fetch_page()) != NULL)
-            atomic_store_explicit(&gp.page, (const _Atomic uint64_t *)p, memory_order_release);
+    if (cur == NULL && now >= gp->next_try_ms) {
+        gp->len = psz > 0 ? (size_t)psz : 4096;
+        gp->next_try_ms = now + GEN_RETRY_MS;
+        if ((p = fetch_page(gp)) != NULL)
+            atomic_store_explicit(&gp->page, (const _Atomic uint64_t *)p, memory_order_release);
     }
-    pthread_mutex_unlock(&gp.lock);
+    pthread_mutex_unlock(&gp->lock);
 }

@@ -21,6 +21,7 @@
 #include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
 
+#include "p11psk/client.h"
 #include "p11psk/handle.h"
 #include "p11psk/wire.h"
 
@@ -34,6 +35,8 @@
 #define P11PSK_BCACHE_TTL_DEFAULT 60 /* seconds */
 
 typedef struct p11psk_bcache P11PSK_BCACHE;
+typedef struct p11psk_genpage P11PSK_GENPAGE;
+#define P11PSK_CONF_DAEMON_USER "p11psk-daemon-user"
 
 /* The KDFs this provider implements: indexes the algorithm table and the delegate cache. */
 enum p11psk_kdf_id { P11PSK_KDF_TLS13, P11PSK_KDF_TLS1_PRF, P11PSK_KDF_COUNT };
@@ -52,9 +55,16 @@ void p11psk_keymap_put(p11psk_keymap *km, const uint8_t *ref, size_t reflen,
 /* 0 and psk, or -1 if ref is unknown (evicted, or made by another process). */
 int p11psk_keymap_get(p11psk_keymap *km, const uint8_t *ref, size_t reflen,
                       uint8_t psk[P11PSK_HANDLE_LEN]);
+/* conn.c: one library context's connections to its p11pskd. */
+typedef struct p11psk_pool P11PSK_POOL;
 
 typedef struct p11psk_prov_ctx {
     const OSSL_CORE_HANDLE *handle;
+    /*
+     * Socket, timeout, allowed daemon users and connections of this instance: one per
+     * OSSL_LIB_CTX, so that two contexts configured for two daemons never share one.
+     */
+    P11PSK_POOL *pool;
     OSSL_LIB_CTX *libctx; /* child of the application's libctx, for delegation */
     /*
      * Set when openssl.cnf or the environment is invalid. The provider still loads and fails
@@ -68,6 +78,7 @@ typedef struct p11psk_prov_ctx {
     EVP_KDF *delegate[P11PSK_KDF_COUNT]; /* by enum p11psk_kdf_id */
     p11psk_keymap *keymap;               /* early-secret placeholders made here */
     P11PSK_BCACHE *bcache;               /* binder keys (bcache.c); NULL: not caching */
+    P11PSK_GENPAGE *genpage;             /* this context's p11pskd generation page */
 } P11PSK_PROV_CTX;
 
 /* Error reasons; the strings are registered with the core (provider.c). */
@@ -90,6 +101,7 @@ enum p11psk_reason {
     P11PSK_R_BAD_PARAM,
     P11PSK_R_BAD_CONFIG,
     P11PSK_R_DELEGATE_FAILED,
+    P11PSK_R_UNTRUSTED_DAEMON,
 };
 
 /* err.c */
@@ -110,9 +122,10 @@ const char *p11psk_reason_str(int reason); /* provider.c */
     p11psk_raise((pc) != NULL ? (pc)->handle : NULL, OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC,     \
                  (reason), __VA_ARGS__)
 
-/* conn.c: the per-process connection to p11pskd. */
-void p11psk_svc_ref(const char *path, int timeout_ms);
-void p11psk_svc_unref(void);
+/* conn.c. The pool copies what it is given; NULL when out of memory. */
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users);
+/* At provider teardown: closes every connection and cleanses the buffers. */
+void p11psk_pool_free(P11PSK_POOL *pool);
 /*
  * Finishes and sends req, expects status OK with field outtag of exactly outlen bytes, copied
  * to out, and returns 0. Raises the mapped error and returns -1 otherwise. req is cleansed in
@@ -184,16 +197,17 @@ int p11psk_kdf_decode(const P11PSK_PROV_CTX *pc, const char *what, const uint8_t
 int p11psk_kdf_delegate(const P11PSK_KDF_CTX *ctx, unsigned char *out, size_t outlen);
 
 /*
- * genpage.c: p11pskd's key generation page, mapped once per process. read: the current
+ * genpage.c: p11pskd's key generation page, mapped once per provider context. read: the current
  * generation with one load, 0 when there is no usable page (then nothing may be cached).
  * want: after a successful round trip, fetches the page if there is none (GEN_PAGE, at most
  * every few seconds; never with P11PSK_NO_GEN_PAGE set), and replaces one p11pskd marked
  * dead as it stopped.
  */
-void p11psk_genpage_ref(const char *path, int timeout_ms);
-void p11psk_genpage_unref(void);
-uint64_t p11psk_genpage_read(void);
-void p11psk_genpage_want(void);
+P11PSK_GENPAGE *p11psk_genpage_new(const char *path, int timeout_ms,
+                                   const p11psk_daemon_users *users);
+void p11psk_genpage_free(P11PSK_GENPAGE *gp); /* NULL is fine */
+uint64_t p11psk_genpage_read(P11PSK_GENPAGE *gp);
+void p11psk_genpage_want(P11PSK_GENPAGE *gp);
 
 /* bcache.c: binder keys of TLS 1.3 handles, per provider context. */
 typedef struct {
@@ -207,7 +221,7 @@ typedef struct {
 int p11psk_bcache_conf(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, unsigned *ttl_s,
                        char *err, size_t errlen);
 /* NULL when ttl_s is 0 or the memory cannot be locked and kept out of dumps: no cache. */
-P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s);
+P11PSK_BCACHE *p11psk_bcache_new(unsigned ttl_s, P11PSK_GENPAGE *gp);
 void p11psk_bcache_free(P11PSK_BCACHE *bc);
 /* 0: out holds the cached binder key. -1: ask p11pskd, then (on success only)
  * p11psk_bcache_put with t. */

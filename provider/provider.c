@@ -45,6 +45,7 @@ static const OSSL_ITEM p11psk_reasons[] = {
     {P11PSK_R_BAD_PARAM, "invalid parameter"},
     {P11PSK_R_BAD_CONFIG, "invalid configuration"},
     {P11PSK_R_DELEGATE_FAILED, "no provider to delegate to"},
+    {P11PSK_R_UNTRUSTED_DAEMON, "p11pskd run by a user not allowed"},
     {0, NULL}};
 
 const char *p11psk_reason_str(int reason)
@@ -154,9 +155,9 @@ static void p11psk_teardown(void *vctx)
 
     if (pc == NULL)
         return;
-    p11psk_svc_unref();
     p11psk_bcache_free(pc->bcache);
-    p11psk_genpage_unref();
+    p11psk_genpage_free(pc->genpage);
+    p11psk_pool_free(pc->pool);
     for (i = 0; i < P11PSK_KDF_COUNT; i++)
         EVP_KDF_free(pc->delegate[i]);
     pthread_mutex_destroy(&pc->delegate_lock);
@@ -173,16 +174,28 @@ static const OSSL_DISPATCH p11psk_dispatch[] = {
     {OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, (void (*)(void))p11psk_get_reason_strings},
     {0, NULL}};
 
+/* This instance's view of p11pskd. */
+typedef struct {
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int timeout_ms;
+    p11psk_daemon_users users;
+} prov_conf;
+
 /*
- * Socket path and timeout: openssl.cnf provider section, then P11PSK_SOCKET/_TIMEOUT_MS.
- * Returns -1 with a message in err when a value is invalid (path and timeout stay usable).
+ * Socket path, timeout and daemon users: openssl.cnf provider section, then the environment
+ * (P11PSK_SOCKET, P11PSK_TIMEOUT_MS, P11PSK_DAEMON_USER). secure_getenv ignores the
+ * environment in setuid/setgid programs (getauxval(AT_SECURE) != 0): whoever runs one must
+ * not point it at a daemon of their own. Returns -1 with the first problem in err when a
+ * value is invalid; the path and timeout stay usable, an invalid user list allows nobody.
  */
-static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, char *path,
-                       size_t pathcap, int *timeout_ms, char *err, size_t errcap)
+static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, prov_conf *cf,
+                       char *err, size_t errcap)
 {
     OSSL_FUNC_core_get_params_fn *c_get_params = NULL;
-    const char *cfg_path = NULL, *cfg_timeout = NULL, *env;
+    const char *cfg_path = NULL, *cfg_timeout = NULL, *cfg_users = NULL, *env;
     const char *path_src = P11PSK_CONF_SOCKET, *timeout_src = P11PSK_CONF_TIMEOUT;
+    const char *users_src = P11PSK_CONF_DAEMON_USER;
+    char why[160];
     char *end;
     long t;
     int ret = 0;
@@ -193,10 +206,11 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     if (c_get_params != NULL) {
         OSSL_PARAM params[] = {OSSL_PARAM_utf8_ptr(P11PSK_CONF_SOCKET, (char **)&cfg_path, 0),
                                OSSL_PARAM_utf8_ptr(P11PSK_CONF_TIMEOUT, (char **)&cfg_timeout, 0),
+                               OSSL_PARAM_utf8_ptr(P11PSK_CONF_DAEMON_USER, (char **)&cfg_users, 0),
                                OSSL_PARAM_END};
 
         if (!c_get_params(handle, params))
-            cfg_path = cfg_timeout = NULL;
+            cfg_path = cfg_timeout = cfg_users = NULL;
     }
     if ((env = secure_getenv("P11PSK_SOCKET")) != NULL && env[0] != '\0') {
         cfg_path = env;
@@ -206,17 +220,22 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         cfg_timeout = env;
         timeout_src = "P11PSK_TIMEOUT_MS";
     }
+    if ((env = secure_getenv("P11PSK_DAEMON_USER")) != NULL && env[0] != '\0') {
+        cfg_users = env;
+        users_src = "P11PSK_DAEMON_USER";
+    }
 
     if (cfg_path == NULL || cfg_path[0] == '\0')
         cfg_path = P11PSK_DEFAULT_SOCKET;
-    if (strlen(cfg_path) >= pathcap) {
-        snprintf(err, errcap, "%s: socket path longer than %zu bytes", path_src, pathcap - 1);
+    if (strlen(cfg_path) >= sizeof(cf->path)) {
+        snprintf(err, errcap, "%s: socket path longer than %zu bytes", path_src,
+                 sizeof(cf->path) - 1);
         cfg_path = P11PSK_DEFAULT_SOCKET;
         ret = -1;
     }
-    snprintf(path, pathcap, "%s", cfg_path);
+    snprintf(cf->path, sizeof(cf->path), "%s", cfg_path);
 
-    *timeout_ms = P11PSK_DEFAULT_TIMEOUT_MS;
+    cf->timeout_ms = P11PSK_DEFAULT_TIMEOUT_MS;
     if (cfg_timeout != NULL) {
         errno = 0;
         t = strtol(cfg_timeout, &end, 10);
@@ -227,8 +246,17 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
                          cfg_timeout, P11PSK_TIMEOUT_MAX_MS);
             ret = -1;
         } else {
-            *timeout_ms = (int)t;
+            cf->timeout_ms = (int)t;
         }
+    }
+
+    /* Default: root, and the system user packages create for p11pskd when it exists. */
+    if (cfg_users == NULL) {
+        p11psk_daemon_users_default(&cf->users);
+    } else if (p11psk_daemon_users_parse(&cf->users, cfg_users, why, sizeof(why)) != 0) {
+        if (ret == 0)
+            snprintf(err, errcap, "%s: %s", users_src, why);
+        ret = -1;
     }
     return ret;
 }
@@ -238,10 +266,9 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                                                               const OSSL_DISPATCH **out,
                                                               void **provctx)
 {
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     const OSSL_DISPATCH *d;
     P11PSK_PROV_CTX *pc;
-    int timeout_ms;
+    prov_conf cf;
     char bcerr[sizeof(pc->config_error)];
     unsigned bcache_ttl;
 
@@ -254,31 +281,34 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         return 0;
     pc->handle = handle;
     pthread_mutex_init(&pc->delegate_lock, NULL);
-    if (read_config(handle, in, path, sizeof(path), &timeout_ms, pc->config_error,
-                    sizeof(pc->config_error)) != 0)
+    memset(&cf, 0, sizeof(cf));
+    if (read_config(handle, in, &cf, pc->config_error, sizeof(pc->config_error)) != 0)
         p11psk_debug("invalid configuration: %s", pc->config_error);
     /* Delegation target: mirrors the application's providers (ourselves excluded by query). */
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
     pc->keymap = p11psk_keymap_new();
-    if (pc->libctx == NULL || pc->keymap == NULL) {
-        P11PSK_RAISE(pc, P11PSK_R_INTERNAL, "cannot create a child library context or keymap");
+    if (pc->libctx == NULL || pc->keymap == NULL ||
+        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.users)) == NULL ||
+        (pc->genpage = p11psk_genpage_new(cf.path, cf.timeout_ms, &cf.users)) == NULL) {
+        P11PSK_RAISE(pc, P11PSK_R_INTERNAL,
+                     "cannot create a child library context, keymap, pool or generation page");
         OSSL_LIB_CTX_free(pc->libctx);
         p11psk_keymap_free(pc->keymap);
+        p11psk_pool_free(pc->pool);
         pthread_mutex_destroy(&pc->delegate_lock);
         OPENSSL_free(pc);
         return 0;
     }
-    p11psk_svc_ref(path, timeout_ms);
-    p11psk_genpage_ref(path, timeout_ms);
     /* An invalid TTL fails handle operations like any invalid setting (the first one wins). */
     if (p11psk_bcache_conf(handle, in, &bcache_ttl, bcerr, sizeof(bcerr)) != 0) {
         if (pc->config_error[0] == '\0')
             memcpy(pc->config_error, bcerr, sizeof(bcerr));
         p11psk_debug("invalid configuration: %s", bcerr);
     } else {
-        pc->bcache = p11psk_bcache_new(bcache_ttl);
+        pc->bcache = p11psk_bcache_new(bcache_ttl, pc->genpage);
     }
-    p11psk_debug("provider %s loaded: socket %s, timeout %d ms", P11PSK_VERSION, path, timeout_ms);
+    p11psk_debug("provider %s loaded: socket %s, timeout %d ms, daemon users %s", P11PSK_VERSION,
+                 cf.path, cf.timeout_ms, cf.users.n > 0 ? cf.users.names : "(none)");
     *out = p11psk_dispatch;
     *provctx = pc;
     return 1;
