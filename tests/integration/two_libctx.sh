@@ -53,8 +53,8 @@ for i in 1 2; do
     [ "$n" = 3 ] && pass "context $i: 3 TLS 1.3 handshakes on its handle, data both ways" ||
         fail "context $i: $n of 3 handshakes ok: $(grep "^ctx$i round [0-9]* failed" "$T/twoctx.out" | head -n 1)"
 done
-grep -q "^cross failed: .*key not found" "$T/twoctx.out" &&
-    pass "context 1 with context 2's handle: key not found at its own daemon" ||
+grep -q "^cross failed: .*bad handle: not issued for this token" "$T/twoctx.out" &&
+    pass "context 1 with context 2's handle: bad handle at its own daemon (another token's)" ||
     fail "crossed handle: $(grep '^cross' "$T/twoctx.out")"
 [ "$rc" = 0 ] && pass "p11psk-twoctx exit status 0" || fail "p11psk-twoctx exit status $rc"
 
@@ -70,11 +70,11 @@ k1_d2=$(grep -c "key=ctx1key" "$D2/p11pskd.log" || true)
 [ "$k2_d2" -gt 0 ] && [ "$k1_d2" = 0 ] &&
     pass "daemon 2 served ctx2key $k2_d2 times and never ctx1key" ||
     fail "daemon 2 log: ctx2key ok $k2_d2 times, ctx1key $k1_d2 times"
-# The crossed request reached daemon 1 (not found there), and no request at all reached
-# daemon 2 from it: daemon 2 logged exactly the successful ones.
-grep -q -E "$ops .*result=key-not-found" "$T/p11pskd.log" &&
-    pass "daemon 1 logged the crossed request as not found" ||
-    fail "daemon 1 log has no not-found request: $(grep -E "$ops" "$T/p11pskd.log" | tail -n 2)"
+# The crossed request reached daemon 1 (whose handle key did not make it), and no request at
+# all reached daemon 2 from it: daemon 2 logged exactly the successful ones.
+grep -q -E "$ops .*result=bad-handle" "$T/p11pskd.log" &&
+    pass "daemon 1 logged the crossed request as a bad handle" ||
+    fail "daemon 1 log has no bad-handle request: $(grep -E "$ops" "$T/p11pskd.log" | tail -n 2)"
 d2_all=$(grep -c -E "$ops" "$D2/p11pskd.log" || true)
 [ "$d2_all" = "$k2_d2" ] && pass "daemon 2 logged no request but its context's ($d2_all)" ||
     fail "daemon 2 logged $d2_all requests, $k2_d2 of them ok for ctx2key"
