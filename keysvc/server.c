@@ -30,15 +30,23 @@ static void server_reload(server *s)
         p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
         return;
     }
+    if (p11psk_config_check_files(&nc, err, sizeof(err)) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
+        p11psk_config_free(&nc);
+        return;
+    }
+    /* The operator may have fixed the PIN: one login attempt is allowed again. */
+    p11psk_token_pin_retry(s->tok);
     if (!str_is_same(nc.module, cur->module) || !str_is_same(nc.token_uri, cur->token_uri) ||
         !str_is_same(nc.p11kit_server, cur->p11kit_server) ||
         !str_is_same(nc.pin_source, cur->pin_source) || !str_is_same(nc.socket, cur->socket) ||
         nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
         nc.socket_gid != cur->socket_gid || nc.threads != cur->threads || nc.cache != cur->cache ||
-        nc.cache_ttl_s != cur->cache_ttl_s || nc.cache_size != cur->cache_size)
+        nc.cache_ttl_s != cur->cache_ttl_s || nc.cache_size != cur->cache_size ||
+        nc.max_connections > s->pool.cap)
         p11psk_log(P11PSK_LOG_WARN,
-                   "reload: module, token, pin-source, socket*, threads and cache* changes take "
-                   "effect only after a restart of p11pskd");
+                   "reload: module, token, pin-source, socket*, threads, cache* and a larger "
+                   "max-connections take effect only after a restart of p11pskd");
     pthread_rwlock_wrlock(&s->cfglock);
     old = cur->acl;
     cur->acl = nc.acl;
@@ -49,6 +57,7 @@ static void server_reload(server *s)
     cur->max_connections_peer = nc.max_connections_peer;
     cur->request_timeout_ms = nc.request_timeout_ms;
     cur->busy_poll_us = nc.busy_poll_us;
+    cur->accept_rate_per_uid = nc.accept_rate_per_uid;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,
@@ -95,6 +104,16 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     s.lfd = listen_fd;
     clock_gettime(CLOCK_MONOTONIC, &s.started);
     p11psk_ratelimit_init(&s.rate);
+    p11psk_ratelimit_init(&s.accept_rate);
+    if (conn_pool_init(&s.pool, cfg->max_connections) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR,
+                   "cannot allocate buffers for %u connections "
+                   "(max-connections)",
+                   cfg->max_connections);
+        p11psk_ratelimit_destroy(&s.rate);
+        p11psk_ratelimit_destroy(&s.accept_rate);
+        return -1;
+    }
     pthread_mutex_init(&s.peerlock, NULL);
     {
         pthread_rwlockattr_t ra;
@@ -158,6 +177,8 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     close(s.wake[0]);
     close(s.wake[1]);
     p11psk_ratelimit_destroy(&s.rate);
+    p11psk_ratelimit_destroy(&s.accept_rate);
+    conn_pool_fini(&s.pool);
     pthread_rwlock_destroy(&s.cfglock);
     pthread_mutex_destroy(&s.peerlock);
     if (sig != 0 && sig != SIGHUP)
