@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ static int wait_fd(int fd, short ev, long long deadline)
 static int conn_open(p11psk_conn *c, int *err)
 {
     struct sockaddr_un sa;
+    struct timeval tv;
     int fd;
 
     memset(&sa, 0, sizeof(sa));
@@ -59,13 +61,19 @@ static int conn_open(p11psk_conn *c, int *err)
         return P11PSK_CALL_UNREACHABLE;
     }
     memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = errno;
         return P11PSK_CALL_UNREACHABLE;
     }
-    /* A unix connect either completes or fails at once (EAGAIN: backlog full). */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    /* A blocking connect, bounded by the call's timeout: when a connection storm keeps the
+     * backlog full it waits its turn with the others, where a non-blocking one would fail at
+     * once (EAGAIN). Non-blocking from then on. */
+    tv.tv_sec = c->timeout_ms / 1000;
+    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
         *err = errno;
         close(fd);
         return P11PSK_CALL_UNREACHABLE;

@@ -198,6 +198,12 @@ static void refuse_log(const struct ucred *cr, const char *why)
     }
 }
 
+void conn_close_refused(int fd, const struct ucred *cr, const char *why)
+{
+    refuse_log(cr, why);
+    close(fd);
+}
+
 void conn_refuse(int fd, const struct ucred *cr, const char *why)
 {
     p11psk_frame f;

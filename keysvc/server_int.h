@@ -127,6 +127,8 @@ void conn_peer_details(conn *c);
 void conn_peer_exe(conn *c, char *out, size_t cap);
 /* A refused peer gets one answer frame (its first request reads it) and a closed socket. */
 void conn_refuse(int fd, const struct ucred *cr, const char *why);
+/* The same without the answer: for a flood, where one more syscall per connection counts. */
+void conn_close_refused(int fd, const struct ucred *cr, const char *why);
 /* These return 0 to keep the connection, -1 to drop it. */
 int conn_read(server *s, conn *c);
 int conn_process(server *s, conn *c);

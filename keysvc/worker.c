@@ -13,7 +13,9 @@
 #include "log.h"
 #include "p11psk/clock.h"
 
-#define ACCEPT_BURST 8 /* per wake-up, so that workers share new connections */
+/* Per wake-up, so that workers share new connections; large enough that a connection storm
+ * is drained faster than it fills the backlog. */
+#define ACCEPT_BURST 64
 #define STOP_FLUSH_MS 1000
 
 /* Which events a connection waits for: its answer to go out, or a request. */
@@ -65,7 +67,7 @@ static void accept_some(worker *w)
                      "(accept-rate-per-uid in %s)",
                      (unsigned long)cr.uid, s->cfg->accept_rate_per_uid, s->cfg->path);
             pthread_rwlock_unlock(&s->cfglock);
-            conn_refuse(fd, &cr, why);
+            conn_close_refused(fd, &cr, why);
             continue;
         }
         if (conn_peer_admit(s, cr.uid, why, sizeof(why)) != 0) {

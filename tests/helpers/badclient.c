@@ -18,8 +18,8 @@
  *   slow DELAY_MS [HANDLE]       one request written one byte every DELAY_MS: must be ok
  *   split [HANDLE]               one request split in two at every byte boundary, the two
  *                                writes 5 ms apart, all on one connection: each must be ok
- *   churn SECS                   connect and hang up at once, in a loop, for SECS (run
- *                                several to make a connection storm); prints the counts
+ *   churn SECS                   connect and hang up at once, in a loop, for SECS or until
+ *                                SIGUSR1 (run several for a storm); prints the counts
  * The daemon must answer bad frames before closing; a silent close counts as "eof".
  */
 #define _GNU_SOURCE
@@ -463,7 +463,7 @@ static int mode_churn(int secs)
     double end = now_ms() + secs * 1000.0;
     long connected = 0, refused = 0;
 
-    while (now_ms() < end) {
+    while (!stop_good && now_ms() < end) {
         int fd = dial(100);
 
         if (fd < 0) {
