@@ -6,6 +6,7 @@ P11PSK_DEBS=(
     softhsm2 libsofthsm2
     gnutls-bin stunnel4 mosquitto mosquitto-clients
     iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind
+    opensc opensc-pkcs11 # pkcs11-spy.so counts C_Login in pin_lockout.sh
 )
 
 p11psk_sudo() {

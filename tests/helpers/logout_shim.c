@@ -38,8 +38,8 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
     if (real == NULL) {
         const char *m = getenv("P11PSK_SHIM_MODULE");
         void *h = m != NULL ? dlopen(m, RTLD_NOW | RTLD_LOCAL) : NULL;
-        CK_C_GetFunctionList gfl = h != NULL ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList")
-                                             : NULL;
+        CK_C_GetFunctionList gfl =
+            h != NULL ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
 
         if (gfl == NULL || gfl(&real) != CKR_OK)
             return CKR_GENERAL_ERROR;

@@ -24,7 +24,7 @@ uid_u=$(id -u "$U")
 
 setup_token
 raw=$(rand_hex 32)
-h=$(add_hex plain "$raw")
+add_hex plain "$raw" >/dev/null # for the allow rule of the denial check
 
 # try_start CONF: runs p11pskd in the foreground with CONF; if its socket appears within 5 s
 # it is stopped and START_RC is "up", else START_RC is its exit status. Output in $T/try.out.
