@@ -302,7 +302,8 @@ int main(int argc, char **argv)
 fail:
     if (rc == P11PSKD_EXIT_NO_RESTART)
         snprintf(err + strlen(err), sizeof(err) - strlen(err),
-                 "; exiting with status %d, which p11pskd.service does not restart",
+                 "; at start: exit status %d, which p11pskd.service does not restart (start "
+                 "p11pskd again once the PIN is fixed)",
                  P11PSKD_EXIT_NO_RESTART);
     p11psk_log(P11PSK_LOG_ERROR, "%s", err);
     startup_done(err, rc);
