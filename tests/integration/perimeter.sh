@@ -26,8 +26,10 @@ setup_token
 raw=$(rand_hex 32)
 add_hex plain "$raw" >/dev/null # for the allow rule of the denial check
 
-# try_start CONF: runs p11pskd in the foreground with CONF; if its socket appears within 5 s
-# it is stopped and START_RC is "up", else START_RC is its exit status. Output in $T/try.out.
+# try_start CONF: runs p11pskd in the foreground with CONF; if it serves (its socket is
+# there and it logged "serving with") within 10 s it is stopped and START_RC is "up", else
+# START_RC is its exit status. Output in $T/try.out. (The socket appears before the token is
+# open: stopping it then would kill it in the middle of opening the token.)
 try_start() {
     local conf=$1 sock pid
     sock=$(sed -n 's/^socket = //p' "$conf")
@@ -35,8 +37,8 @@ try_start() {
     pid=$!
     PIDS+=("$pid")
     START_RC=
-    for _ in $(seq 100); do
-        if [ -S "$sock" ]; then
+    for _ in $(seq 200); do
+        if [ -S "$sock" ] && grep -q 'serving with' "$T/try.out"; then
             kill "$pid"
             wait "$pid" 2>/dev/null || true
             START_RC=up
@@ -167,6 +169,8 @@ chmod 0600 "$T/pin"
 
 # --- 3. Unsafe files, on reload: refused, the running configuration stays ---
 start_daemon
+# The socket appears before the token is open; SIGHUP is handled once the workers run.
+for _ in $(seq 100); do grep -q 'serving with' "$T/p11pskd.log" && break; sleep 0.05; done
 before=$(wc -l <"$T/p11pskd.log")
 chmod 0666 "$T/p11pskd.conf"
 kill -HUP "$DAEMON_PID"
