@@ -61,7 +61,7 @@ int p11psk_log_enabled(int level)
 void p11psk_log(int level, const char *fmt, ...)
 {
     static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-    char line[1024], stamp[32];
+    char line[2048], stamp[32]; /* an audit line with every value escaped fits */
     struct timeval tv;
     struct tm tm;
     va_list ap;
