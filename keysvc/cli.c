@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "config.h"
 #include "handlekey.h"
+#include "log.h"
 #include "p11psk/client.h"
 #include "p11psk/handle.h"
 #include "token.h"
@@ -581,6 +582,7 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
     CK_DATE end;
     uint8_t id[NEW_ID_LEN], *val = NULL;
     size_t vlen = 0, n;
+    int ctrl;
     p11psk_new_key nk;
     p11psk_token *tok = NULL;
     p11psk_key key, *found = NULL;
@@ -623,6 +625,13 @@ static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
     nk.label = ia.label;
     if (*nk.label == '\0')
         die_usage(usage_add, "%s", "ID must not be empty");
+    if ((ctrl = p11psk_first_ctrl(nk.label)) >= 0) {
+        fprintf(stderr,
+                "p11psk: identity contains a control character (0x%02x); labels end up in logs "
+                "and config files\n",
+                ctrl);
+        return 1;
+    }
     if (hexfile != NULL && !read_hex_file(hexfile, &val, &vlen))
         return 1;
     if (!p11psk_cli_open_token(cfg, 1, &tok) ||

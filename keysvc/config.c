@@ -6,9 +6,11 @@
 #include <grp.h>
 #include <openssl/crypto.h>
 #include <p11-kit/uri.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -205,6 +207,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         cfg->busy_poll_idle = strcmp(v, "on") == 0;
         return 1;
     }
+    if (strcmp(key, "accept-rate-per-uid") == 0)
+        return set_uint(&cfg->accept_rate_per_uid, key, v, 0, 1000000, err, errlen);
     if (strcmp(key, "request-timeout-ms") == 0)
         return set_uint(&cfg->request_timeout_ms, key, v, 100, 600000, err, errlen);
     if (strcmp(key, "log-level") == 0) {
@@ -219,9 +223,9 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
              "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, "
              "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, busy-poll-us, busy-poll-idle, cache, cache-ttl, cache-size, "
-             "metrics-top-keys, allow, allow-status, allow-admin, allow-psk-ke, readable-keys, "
-             "digests, rate-limit",
+             "request-timeout-ms, accept-rate-per-uid, busy-poll-us, busy-poll-idle, cache, "
+             "cache-ttl, cache-size, metrics-top-keys, allow, allow-status, allow-admin, "
+             "allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }
@@ -294,6 +298,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->max_connections = 1024;
     cfg->max_connections_peer = 256;
     cfg->request_timeout_ms = 10000;
+    cfg->accept_rate_per_uid = 400;
     cfg->cache = 1;
     cfg->busy_poll_idle = 1;
     cfg->cache_ttl_s = 300;
@@ -344,6 +349,90 @@ void p11psk_config_free(p11psk_config *cfg)
     free(cfg->socket);
     p11psk_acl_free(&cfg->acl);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+/* "root:p11psk": the owner and group a file of ours should have, for messages. */
+static void our_owner(char *out, size_t cap)
+{
+    struct group *gr = getgrgid(getegid());
+    struct passwd *pw = getpwuid(geteuid());
+
+    if (geteuid() == 0 || pw == NULL)
+        snprintf(out, cap, "root:");
+    else
+        snprintf(out, cap, "%s:", pw->pw_name);
+    if (gr != NULL)
+        snprintf(out + strlen(out), cap - strlen(out), "%s", gr->gr_name);
+    else
+        snprintf(out + strlen(out), cap - strlen(out), "%lu", (unsigned long)getegid());
+}
+
+static int owner_ok(uid_t uid)
+{
+    return uid == 0 || uid == geteuid();
+}
+
+static int check_conf_file(const char *path, char *err, size_t errlen)
+{
+    char who[96];
+    struct stat st;
+
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    our_owner(who, sizeof(who));
+    if (!owner_ok(st.st_uid) || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        snprintf(err, errlen,
+                 "config file %s has mode %04o and owner uid %lu gid %lu: %s; fix it with "
+                 "`chmod 0640 %s; chown %s %s`",
+                 path, (unsigned)(st.st_mode & 07777), (unsigned long)st.st_uid,
+                 (unsigned long)st.st_gid,
+                 !owner_ok(st.st_uid) ? "it must be owned by root or p11pskd's user"
+                                      : "others than its owner may change it",
+                 path, who, path);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_pin_file(const char *source, char *err, size_t errlen)
+{
+    const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source, *why = NULL;
+    char who[96];
+    struct stat st;
+
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "PIN file %s: %s; fix pin-source or create the file", path,
+                 strerror(errno));
+        return -1;
+    }
+    if (!owner_ok(st.st_uid))
+        why = "it must be owned by root or p11pskd's user";
+    else if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0)
+        why = "every user may read or change it";
+    else if ((st.st_mode & S_IWGRP) != 0)
+        why = "its group may change it";
+    else if ((st.st_mode & S_IRGRP) != 0 && st.st_gid != getegid())
+        why = "a group other than p11pskd's may read it";
+    if (why == NULL)
+        return 0;
+    our_owner(who, sizeof(who));
+    snprintf(err, errlen,
+             "PIN file %s has mode %04o and owner uid %lu gid %lu: %s; fix it with "
+             "`chmod 0640 %s; chown %s %s`",
+             path, (unsigned)(st.st_mode & 07777), (unsigned long)st.st_uid,
+             (unsigned long)st.st_gid, why, path, who, path);
+    return -1;
+}
+
+int p11psk_config_check_files(const p11psk_config *cfg, char *err, size_t errlen)
+{
+    if (check_conf_file(cfg->path, err, errlen) != 0)
+        return -1;
+    if (cfg->pin_source != NULL && check_pin_file(cfg->pin_source, err, errlen) != 0)
+        return -1;
+    return 0;
 }
 
 int p11psk_pin_read(const char *source, char **pin, size_t *pinlen, char *err, size_t errlen)

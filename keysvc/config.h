@@ -29,6 +29,7 @@ typedef struct p11psk_config {
     unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
     unsigned busy_poll_us;          /* workers poll without sleeping this long after work */
     int busy_poll_idle;             /* ... but only while a CPU is idle (runnable < CPUs) */
+    unsigned accept_rate_per_uid;   /* new connections per second per uid, 0 = unlimited */
     int cache;                      /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */
@@ -43,6 +44,14 @@ const char *p11psk_config_path(const char *arg);
 /* Fills cfg with defaults, then the file. Returns 1, or 0 with "FILE:LINE: problem; fix". */
 int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t errlen);
 void p11psk_config_free(p11psk_config *cfg);
+
+/*
+ * p11pskd only, at start and on reload: refuses a config file that anyone but its owner
+ * may change or whose owner is neither root nor us, and a PIN file (pin-source) that others
+ * may read or change: readable or writable by other, writable by its group, or readable by
+ * a group other than ours. Returns 0, or -1 with the file, its mode and owner and the fix.
+ */
+int p11psk_config_check_files(const p11psk_config *cfg, char *err, size_t errlen);
 
 /*
  * Reads a PIN from a pin source ("file:PATH" or an absolute path): the first line, trailing

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* One client connection: locked buffers, per-peer limits, reading requests and sending
- * answers one at a time, and the refusal of peers over a limit. */
+/* One client connection: per-peer limits, reading requests and sending answers one at a
+ * time, and the refusal of peers over a limit. Its buffers come from conn_pool.c. */
 #include "server_int.h"
 
 #include <errno.h>
@@ -9,42 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "p11psk/clock.h"
-
-/* Connection buffers carry (EC)DHE secrets and derived keys: their pages are locked in
- * RAM and left out of core dumps. */
-conn *conn_new(server *s)
-{
-    size_t len = (sizeof(conn) + 4095) & ~(size_t)4095;
-    conn *c = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-    if (c == MAP_FAILED)
-        return NULL;
-    madvise(c, len, MADV_DONTDUMP);
-    if (mlock(c, len) != 0 && atomic_exchange(&s->lock_warned, 1) == 0)
-        p11psk_log(P11PSK_LOG_WARN,
-                   "cannot lock connection buffers in memory (%s); raise LimitMEMLOCK / "
-                   "RLIMIT_MEMLOCK so that secrets cannot be swapped out",
-                   strerror(errno));
-    c->fd = -1;
-    return c; /* mmap gives zeroed pages */
-}
-
-void conn_free(conn *c)
-{
-    size_t len = (sizeof(conn) + 4095) & ~(size_t)4095;
-
-    if (c->fd >= 0)
-        close(c->fd);
-    OPENSSL_cleanse(c->in, sizeof(c->in)); /* requests may carry (EC)DHE secrets */
-    p11psk_frame_cleanse(&c->out);
-    munlock(c, len);
-    munmap(c, len);
-}
 
 int conn_peer_admit(server *s, uid_t uid, char *why, size_t whylen)
 {
@@ -204,22 +172,26 @@ int conn_read(server *s, conn *c)
 void conn_peer_details(conn *c)
 {
     socklen_t len = sizeof(c->groups);
-    char path[64];
-    ssize_t n;
 
     if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &len) == 0)
         c->ngroups = len / sizeof(gid_t);
     else
         c->ngroups = 0; /* more than CONN_GROUPS_MAX: only the primary group counts */
+}
+
+void conn_peer_exe(conn *c, char *out, size_t cap)
+{
+    char path[64];
+    ssize_t n;
+
     snprintf(path, sizeof(path), "/proc/%ld/exe", (long)c->cred.pid);
-    n = readlink(path, c->exe, sizeof(c->exe) - 1);
+    n = readlink(path, out, cap - 1);
     if (n <= 0)
-        snprintf(c->exe, sizeof(c->exe), "?");
+        snprintf(out, cap, "?");
     else
-        c->exe[n] = '\0';
-    for (n = 0; c->exe[n] != '\0'; n++) /* one word in the log line */
-        if (c->exe[n] == ' ' || (unsigned char)c->exe[n] < 0x20)
-            c->exe[n] = '_';
+        out[n] = '\0';
+    if (c->exe[0] == '\0')
+        snprintf(c->exe, sizeof(c->exe), "%s", out);
 }
 
 /* At most one line per second for refused connections (a flood would fill the log); the
@@ -243,11 +215,20 @@ static void refuse_log(const struct ucred *cr, const char *why)
         quiet++;
     }
     pthread_mutex_unlock(&lock);
-    if (log)
+    if (log) {
+        char reason[P11PSK_LOG_VALUE_CAP(200)];
+
+        p11psk_log_value(reason, sizeof(reason), why);
         p11psk_log(P11PSK_LOG_WARN,
-                   "pid=%ld uid=%lu gid=%lu connection refused: %s (%lu more refused since the "
-                   "last such line)",
-                   (long)cr->pid, (unsigned long)cr->uid, (unsigned long)cr->gid, why, n);
+                   "pid=%ld uid=%lu gid=%lu connection refused reason=%s unlogged_since_last=%lu",
+                   (long)cr->pid, (unsigned long)cr->uid, (unsigned long)cr->gid, reason, n);
+    }
+}
+
+void conn_close_refused(int fd, const struct ucred *cr, const char *why)
+{
+    refuse_log(cr, why);
+    close(fd);
 }
 
 void conn_refuse(int fd, const struct ucred *cr, const char *why)

@@ -47,31 +47,42 @@ static int serve(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, ou
     return handlers_for(row)(s, c, m, resp, o);
 }
 
-/* The audit line: one per request, key=value words; result is one word and the reason
- * follows in parentheses. Never key bytes. */
-static void log_outcome(const conn *c, const outcome *o, long long us)
+/* The audit line: one per request, logfmt key=value fields; result is one word and, on
+ * failure, reason= says why. Everything the token or the peer controls (exe, key labels,
+ * the reason, which may quote a label) goes through p11psk_log_value, so that no value can
+ * end the line or fake a field. Never key bytes. */
+static void log_outcome(const conn *c, const char *exe_now, const outcome *o, long long us)
 {
     int ok = o->err.status == P11PSK_ST_OK;
-    char result[48];
+    char result[48], exe[P11PSK_LOG_VALUE_CAP(64)], exe0[P11PSK_LOG_VALUE_CAP(64)],
+        key[P11PSK_LOG_VALUE_CAP(64)], reason[P11PSK_LOG_VALUE_CAP(160)];
 
     stats_result_word(o->err.status, result, sizeof(result));
+    p11psk_log_value(exe, sizeof(exe), exe_now);
+    p11psk_log_value(exe0, sizeof(exe0), c->exe);
+    p11psk_log_value(key, sizeof(key), o->ident[0] ? o->ident : "-");
+    p11psk_log_value(reason, sizeof(reason), ok ? "" : o->err.msg);
     p11psk_log(ok ? P11PSK_LOG_INFO : P11PSK_LOG_WARN,
-               "pid=%ld uid=%lu gid=%lu exe=%s op=%s key=%s result=%s%s%s%s%s%s latency=%lldus",
-               (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, c->exe,
-               p11psk_op_str(o->op), o->ident[0] ? o->ident : "-", result, ok ? "" : " (",
-               ok ? "" : o->err.msg, ok ? "" : ")", o->step ? " step=" : "",
+               "pid=%ld uid=%lu gid=%lu exe=%s%s%s op=%s key=%s result=%s%s%s%s%s latency=%lldus",
+               (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid, exe,
+               strcmp(exe_now, c->exe) != 0 ? " exe_at_connect=" : "",
+               strcmp(exe_now, c->exe) != 0 ? exe0 : "", p11psk_op_str(o->op), key, result,
+               ok ? "" : " reason=", ok ? "" : reason, o->step ? " step=" : "",
                o->step ? p11psk_ladder_step_str(o->step) : "", us);
 }
 
 void dispatch_respond(server *s, conn *c, int header_rc)
 {
     long long t0 = p11psk_mono_us(), us;
+    char exe_now[sizeof(c->exe)];
     p11psk_msg m;
     outcome o;
     int rc, st;
 
     memset(&o, 0, sizeof(o));
     o.op = -1;
+    /* The binary the peer runs now, for this request's audit line (conn.c). */
+    conn_peer_exe(c, exe_now, sizeof(exe_now));
     p11psk_frame_start(&c->out, P11PSK_ST_OK);
     if (header_rc != P11PSK_WIRE_OK) {
         st = outcome_fail(&o, P11PSK_ST_BAD_REQUEST, "bad frame header: %s",
@@ -116,5 +127,5 @@ void dispatch_respond(server *s, conn *c, int header_rc)
     c->need = 0;
     us = p11psk_mono_us() - t0;
     stats_count(s, &o, us);
-    log_outcome(c, &o, us);
+    log_outcome(c, exe_now, &o, us);
 }

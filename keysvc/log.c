@@ -80,7 +80,7 @@ int p11psk_log_enabled(int level)
 void p11psk_log(int level, const char *fmt, ...)
 {
     static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-    char line[1024], stamp[32];
+    char line[2048], stamp[32]; /* an audit line with every value escaped fits */
     struct timeval tv;
     struct tm tm;
     va_list ap;
@@ -109,4 +109,73 @@ void p11psk_log(int level, const char *fmt, ...)
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(stderr, "%s.%03ldZ %s[%ld]: %s: %s\n", stamp, (long)tv.tv_usec / 1000, log_state.ident,
             (long)getpid(), level_names[level], line);
+}
+
+/* The escape of one byte inside a value, or NULL when it stands for itself. */
+static const char *value_escape(unsigned char ch, char buf[5])
+{
+    switch (ch) {
+    case '\n':
+        return "\\n";
+    case '\t':
+        return "\\t";
+    case '\r':
+        return "\\r";
+    case '"':
+        return "\\\"";
+    case '\\':
+        return "\\\\";
+    default:
+        if (ch < 0x20 || ch == 0x7f) {
+            snprintf(buf, 5, "\\x%02x", ch);
+            return buf;
+        }
+        return NULL;
+    }
+}
+
+int p11psk_log_value(char *out, size_t cap, const char *in)
+{
+    const unsigned char *p;
+    size_t o = 0, n;
+    int quote = in[0] == '\0', rc = 0;
+    char buf[5];
+    const char *e;
+
+    if (cap < 3) { /* not even "" fits */
+        if (cap > 0)
+            out[0] = '\0';
+        return -1;
+    }
+    for (p = (const unsigned char *)in; *p != '\0' && !quote; p++)
+        quote = *p == ' ' || *p == '=' || value_escape(*p, buf) != NULL;
+    if (quote)
+        out[o++] = '"';
+    for (p = (const unsigned char *)in; *p != '\0'; p++) {
+        e = value_escape(*p, buf);
+        n = e != NULL ? strlen(e) : 1;
+        if (o + n + (size_t)quote + 1 > cap) { /* never cut an escape in half */
+            rc = -1;
+            break;
+        }
+        if (e != NULL)
+            memcpy(out + o, e, n);
+        else
+            out[o] = (char)*p;
+        o += n;
+    }
+    if (quote)
+        out[o++] = '"';
+    out[o] = '\0';
+    return rc;
+}
+
+int p11psk_first_ctrl(const char *s)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)s; *p != '\0'; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return *p;
+    return -1;
 }

@@ -22,6 +22,7 @@
 
 #include "atomic_file.h"
 #include "cli.h"
+#include "log.h"
 
 #define MIGRATE_FILE_MAX (1024 * 1024)
 #define NEW_ID_LEN 16
@@ -167,6 +168,7 @@ static int split_line(const psk_file *pf, mline *l, size_t i)
 {
     const char *s = pf->buf + l->off, *colon, *ks, *ke, *is = s, *ie;
     size_t n = l->len;
+    int c;
 
     while (n > 0 && s[n - 1] == '\r')
         n--; /* both applications drop CRs */
@@ -207,6 +209,11 @@ static int split_line(const psk_file *pf, mline *l, size_t i)
         return line_error(pf, i, "identity longer than %zu characters", sizeof(l->ident) - 1);
     memcpy(l->ident, is, (size_t)(ie - is));
     l->ident[ie - is] = '\0';
+    if ((c = p11psk_first_ctrl(l->ident)) >= 0)
+        return line_error(pf, i,
+                          "identity contains a control character (0x%02x); labels end up in "
+                          "logs and config files",
+                          c);
     l->key_off = (size_t)(ks - pf->buf);
     l->key_len = (size_t)(ke - ks);
     return 1;

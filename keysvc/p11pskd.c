@@ -24,6 +24,10 @@
 #include "token.h"
 
 #define P11PSK_SECURE_HEAP (4 * 1024 * 1024) /* PINs, key values, the cache */
+/* Exit status when a restart cannot help and could hurt: the token refused the PIN (another
+ * try counts towards locking it) or a config or PIN file is unsafe. p11pskd.service lists
+ * it in RestartPreventExitStatus=. Like EX_CONFIG of sysexits.h. */
+#define P11PSKD_EXIT_NO_RESTART 78
 
 static void usage(FILE *f)
 {
@@ -43,15 +47,20 @@ static void usage(FILE *f)
                "  -V, --version      show the version\n");
 }
 
-/* Startup result channel from the daemonized child to the waiting parent. */
+/* Startup result channel from the daemonized child to the waiting parent: "OK", or the
+ * exit status as one byte followed by the message. */
 static int ready_fd = -1;
 
-static void startup_done(const char *errmsg)
+static void startup_done(const char *errmsg, int status)
 {
-    const char *msg = errmsg != NULL ? errmsg : "OK";
+    char msg[600];
 
     if (ready_fd < 0)
         return;
+    if (errmsg == NULL)
+        snprintf(msg, sizeof(msg), "OK");
+    else
+        snprintf(msg, sizeof(msg), "%c%s", (char)status, errmsg);
     if (write(ready_fd, msg, strlen(msg)) < 0) {
         /* the parent is gone; nothing else to tell */
     }
@@ -60,7 +69,7 @@ static void startup_done(const char *errmsg)
 }
 
 /* Double fork before the PKCS#11 module is loaded; the parent exits once the daemon is
- * serving (0) or has failed (1, with its message on stderr). */
+ * serving (0) or has failed (the daemon's exit status, with its message on stderr). */
 static void daemonize(void)
 {
     char buf[600];
@@ -91,8 +100,8 @@ static void daemonize(void)
         if (strcmp(buf, "OK") == 0)
             exit(0);
         fprintf(stderr, "p11pskd: %s\n",
-                n > 0 ? buf : "daemon exited during startup; see the system log");
-        exit(1);
+                n > 1 ? buf + 1 : "daemon exited during startup; see the system log");
+        exit(n > 1 ? (unsigned char)buf[0] : 1);
     }
     close(pfd[0]);
     setsid();
@@ -277,6 +286,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "p11pskd: %s\n", err);
         return 1;
     }
+    if (p11psk_config_check_files(&cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "p11pskd: %s\n", err);
+        p11psk_config_free(&cfg);
+        return P11PSKD_EXIT_NO_RESTART;
+    }
     signal(SIGPIPE, SIG_IGN);
     if (!fg)
         daemonize();
@@ -288,7 +302,7 @@ int main(int argc, char **argv)
     if (lfd == -2 || (!activated && (lfd = p11psk_server_listen(&cfg, err, sizeof(err))) < 0)) {
         lfd = -1;
         p11psk_log(P11PSK_LOG_ERROR, "%s", err);
-        startup_done(err);
+        startup_done(err, 1);
         goto out;
     }
     if ((lad = p11psk_ladder_new()) == NULL) {
@@ -304,6 +318,8 @@ int main(int argc, char **argv)
     prm.sessions = p11psk_server_threads(&cfg); /* one per worker: nobody waits */
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
         snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);
+        if (terr.status == P11PSK_ST_TOKEN && p11psk_ckr_pin_refused(terr.ckr))
+            rc = P11PSKD_EXIT_NO_RESTART;
         goto fail;
     }
     {
@@ -329,7 +345,7 @@ int main(int argc, char **argv)
     if (cfg.acl.n == 0)
         p11psk_log(P11PSK_LOG_WARN, "no allow rules in %s: every key request will be refused",
                    cfg.path);
-    startup_done(NULL);
+    startup_done(NULL, 0);
     if (have_nkeys)
         snprintf(status_line, sizeof(status_line), "serving token '%s' (%zu keys) on %s",
                  p11psk_token_label(tok), nkeys, cfg.socket);
@@ -342,9 +358,14 @@ int main(int argc, char **argv)
     sd_notify_msg("STOPPING=1");
     goto cleanup;
 fail:
+    if (rc == P11PSKD_EXIT_NO_RESTART)
+        snprintf(err + strlen(err), sizeof(err) - strlen(err),
+                 "; at start: exit status %d, which p11pskd.service does not restart (start "
+                 "p11pskd again once the PIN is fixed)",
+                 P11PSKD_EXIT_NO_RESTART);
     p11psk_log(P11PSK_LOG_ERROR, "%s", err);
     notify_status("", err);
-    startup_done(err);
+    startup_done(err, rc);
 cleanup:
     close(lfd);
     if (!activated) /* systemd owns an activated socket's file */

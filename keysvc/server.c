@@ -43,15 +43,25 @@ static void server_reload(server *s)
             reload_hook(1, err);
         return;
     }
+    if (p11psk_config_check_files(&nc, err, sizeof(err)) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR, "reload refused, keeping the running configuration: %s", err);
+        p11psk_config_free(&nc);
+        if (reload_hook != NULL)
+            reload_hook(1, err);
+        return;
+    }
+    /* The operator may have fixed the PIN: one login attempt is allowed again. */
+    p11psk_token_pin_retry(s->tok);
     if (!str_is_same(nc.module, cur->module) || !str_is_same(nc.token_uri, cur->token_uri) ||
         !str_is_same(nc.p11kit_server, cur->p11kit_server) ||
         !str_is_same(nc.pin_source, cur->pin_source) || !str_is_same(nc.socket, cur->socket) ||
         nc.socket_mode != cur->socket_mode || nc.has_socket_group != cur->has_socket_group ||
         nc.socket_gid != cur->socket_gid || nc.threads != cur->threads || nc.cache != cur->cache ||
-        nc.cache_ttl_s != cur->cache_ttl_s || nc.cache_size != cur->cache_size)
+        nc.cache_ttl_s != cur->cache_ttl_s || nc.cache_size != cur->cache_size ||
+        nc.max_connections > s->pool.cap)
         p11psk_log(P11PSK_LOG_WARN,
-                   "reload: module, token, pin-source, socket*, threads and cache* changes take "
-                   "effect only after a restart of p11pskd");
+                   "reload: module, token, pin-source, socket*, threads, cache* and a larger "
+                   "max-connections take effect only after a restart of p11pskd");
     pthread_rwlock_wrlock(&s->cfglock);
     old = cur->acl;
     cur->acl = nc.acl;
@@ -64,6 +74,7 @@ static void server_reload(server *s)
     cur->busy_poll_us = nc.busy_poll_us;
     cur->metrics_top_keys = nc.metrics_top_keys;
     cur->busy_poll_idle = nc.busy_poll_idle;
+    cur->accept_rate_per_uid = nc.accept_rate_per_uid;
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     /* An allow rule may have gone: providers must ask again before using a binder key. */
@@ -122,6 +133,16 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     handlers_handlekey_load(&s, 1); /* created here when the token is writable */
     clock_gettime(CLOCK_MONOTONIC, &s.started);
     p11psk_ratelimit_init(&s.rate);
+    p11psk_ratelimit_init(&s.accept_rate);
+    if (conn_pool_init(&s.pool, cfg->max_connections) != 0) {
+        p11psk_log(P11PSK_LOG_ERROR,
+                   "cannot allocate buffers for %u connections "
+                   "(max-connections)",
+                   cfg->max_connections);
+        p11psk_ratelimit_destroy(&s.rate);
+        p11psk_ratelimit_destroy(&s.accept_rate);
+        return -1;
+    }
     pthread_mutex_init(&s.peerlock, NULL);
     {
         pthread_rwlockattr_t ra;
@@ -191,6 +212,8 @@ int p11psk_server_run(p11psk_config *cfg, p11psk_token *tok, p11psk_ladder *lad,
     close(s.wake[1]);
     p11psk_ratelimit_destroy(&s.rate);
     stats_fini(&s);
+    p11psk_ratelimit_destroy(&s.accept_rate);
+    conn_pool_fini(&s.pool);
     pthread_rwlock_destroy(&s.cfglock);
     pthread_mutex_destroy(&s.peerlock);
     p11psk_handlekey_free(s.hk);

@@ -35,7 +35,7 @@ typedef struct {
     struct ucred cred;
     gid_t groups[CONN_GROUPS_MAX]; /* supplementary groups (SO_PEERGROUPS) */
     size_t ngroups;
-    char exe[256];         /* /proc/PID/exe at connect time, for the audit log */
+    char exe[256];         /* /proc/PID/exe at the first request ("" before), audit log */
     long long deadline_ms; /* a started request or a pending answer must be done by then */
     size_t idx;            /* in its worker's conns[] */
     uint32_t watching;     /* EPOLLIN or EPOLLOUT */
@@ -70,6 +70,17 @@ typedef struct {
 
 /* Request counters by operation (slot = row of the table in ops.h) and result, the
  * latency histogram by operation, and the per-key usage. */
+/* Locked connection buffers, allocated at start (conn_pool.c). */
+typedef struct {
+    pthread_mutex_t lock;
+    conn *base;
+    size_t len; /* bytes mapped */
+    conn **free;
+    size_t nfree, cap;
+    int locked; /* mlock succeeded */
+} conn_pool;
+
+/* Request counters by operation (slot = row of the table in ops.h) and result. */
 typedef struct {
     atomic_ulong req[P11PSK_OP_SLOTS][P11PSK_ST_MAX_];
     atomic_ulong connections;                             /* accepted since start */
@@ -87,10 +98,11 @@ typedef struct server {
     p11psk_handlekey *hk; /* mk: verifies handle tags before any lookup */
     struct timespec started;
     p11psk_ratelimit rate;
+    p11psk_ratelimit accept_rate; /* new connections per uid (accept-rate-per-uid) */
+    conn_pool pool;
     int lfd;
     int wake[2]; /* becomes readable when the daemon stops */
     atomic_int stopping;
-    atomic_int lock_warned;
     pthread_mutex_t peerlock; /* guards the connection counts */
     peer_count *peers;
     size_t npeers, nconns;
@@ -109,16 +121,27 @@ typedef struct {
     int keyed; /* ident is the label of a key found in the token: counted per key */
 } outcome;
 
-/* conn.c */
+/* conn_pool.c: n connections' buffers; 0, or -1 when out of memory. */
+int conn_pool_init(conn_pool *p, size_t n);
+void conn_pool_fini(conn_pool *p);
+/* A zeroed connection from the pool, or NULL when all are in use. */
 conn *conn_new(server *s);
-void conn_free(conn *c);
+/* Closes c's socket, cleanses its buffers and gives it back. */
+void conn_free(server *s, conn *c);
+
+/* conn.c */
 /* Counts a new connection from uid: 0, or -1 (and *why) when a limit says no. */
 int conn_peer_admit(server *s, uid_t uid, char *why, size_t whylen);
 void conn_peer_release(server *s, uid_t uid);
-/* Supplementary groups and executable: for group rules and the audit log. */
+/* Supplementary groups, for group rules. */
 void conn_peer_details(conn *c);
+/* The binary the peer runs now (/proc/PID/exe, "?" if unknown) into out; the first one
+ * seen is kept in c->exe. Read per request: a process may exec after connecting. */
+void conn_peer_exe(conn *c, char *out, size_t cap);
 /* A refused peer gets one answer frame (its first request reads it) and a closed socket. */
 void conn_refuse(int fd, const struct ucred *cr, const char *why);
+/* The same without the answer: for a flood, where one more syscall per connection counts. */
+void conn_close_refused(int fd, const struct ucred *cr, const char *why);
 /* These return 0 to keep the connection, -1 to drop it. */
 int conn_read(server *s, conn *c);
 int conn_process(server *s, conn *c);

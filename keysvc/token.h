@@ -141,6 +141,13 @@ int p11psk_token_digest_key(p11psk_token *tok, int md, const uint8_t *prefix, si
 int p11psk_token_key_value(p11psk_token *tok, const p11psk_key *key, uint8_t **val, size_t *len,
                            p11psk_err *err);
 
+/* True if rv says the PIN itself is bad (incorrect, locked, expired, invalid, wrong length):
+ * trying it again would only count towards locking the token. */
+int p11psk_ckr_pin_refused(CK_RV rv);
+/* SIGHUP: after the token refused the PIN, allows one login attempt again (and an immediate
+ * recovery try), whether or not the PIN file changed. */
+void p11psk_token_pin_retry(p11psk_token *tok);
+
 /* True if rv means "this object handle is stale": drop the cache entry and look again. */
 int p11psk_ckr_stale_handle(CK_RV rv);
 /* "CKR_KEY_INDIGESTIBLE", or "CKR_0x..." for unknown values (static buffer for those). */

@@ -7,6 +7,7 @@
 #define P11PSK_KEYSVC_TOKEN_INT_H
 
 #include <pthread.h>
+#include <sys/stat.h>
 
 #include "htable.h"
 #include "p11call.h"
@@ -33,6 +34,11 @@ struct p11psk_token {
     char *pin_source;
     char *pin; /* tests only, secure heap */
     int rw;
+    /* After the token refused our PIN (wrong, locked, expired...), no login is tried again
+     * until the PIN file changes or SIGHUP: a card or HSM locks after a few wrong tries. */
+    pthread_mutex_t loginlock; /* one C_Login at a time, and the fields below */
+    CK_RV pin_refused;         /* the refusal, or CKR_OK */
+    struct stat pin_st;        /* the PIN file when it was refused */
 
     pthread_rwlock_t modlock;
     pthread_mutex_t lock; /* pool and fault state */
@@ -66,8 +72,9 @@ void token_sess_put(p11psk_token *tok, CK_SESSION_HANDLE sess, const p11psk_call
 /* Runs op on a borrowed session. A lost session, a forgotten login or a device fault is
  * retried once, on a fresh session after recovery. */
 int token_with_session(p11psk_token *tok, p11psk_sess_op op, void *arg, p11psk_err *err);
-/* Logs in again after the token forgot our login; why goes to the log. */
-void token_relogin(p11psk_token *tok, const p11psk_err *why);
+/* Logs in again after the token forgot our login; why goes to the log. Returns
+ * P11PSK_ST_OK or the failure's status (a refused PIN fails fast, without C_Login). */
+int token_relogin(p11psk_token *tok, const p11psk_err *why);
 /* True when we hold a PIN but the token says our sessions are public (logged out). */
 int token_login_lost(p11psk_token *tok);
 

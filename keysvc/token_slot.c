@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "log.h"
@@ -167,18 +168,71 @@ out:
     return st;
 }
 
+/* ---- login ---- */
+
+int p11psk_ckr_pin_refused(CK_RV rv)
+{
+    return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
+           rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID;
+}
+
+static const char *pin_path(const p11psk_token *tok)
+{
+    if (tok->pin_source == NULL)
+        return NULL;
+    return strncmp(tok->pin_source, "file:", 5) == 0 ? tok->pin_source + 5 : tok->pin_source;
+}
+
+/* The error every login attempt gets while the PIN stays refused (loginlock held). */
+static int pin_refusal(const p11psk_token *tok, p11psk_err *err)
+{
+    const char *path = pin_path(tok);
+
+    p11psk_err_ckr(err, tok->pin_refused, "C_Login");
+    snprintf(err->msg, sizeof(err->msg),
+             "token login refused: %s; fix the PIN in %s, then reload p11pskd (SIGHUP); until "
+             "then no login is tried, so that the token does not lock",
+             p11psk_ckr_name(tok->pin_refused), path != NULL ? path : "the configuration");
+    return P11PSK_ST_TOKEN;
+}
+
+/* Has the PIN file changed since the token refused it? (loginlock held) */
+static int pin_file_changed(const p11psk_token *tok)
+{
+    const char *path = pin_path(tok);
+    struct stat st;
+
+    if (path == NULL || stat(path, &st) != 0)
+        return 0;
+    return st.st_ino != tok->pin_st.st_ino || st.st_dev != tok->pin_st.st_dev ||
+           st.st_size != tok->pin_st.st_size || st.st_mtim.tv_sec != tok->pin_st.st_mtim.tv_sec ||
+           st.st_mtim.tv_nsec != tok->pin_st.st_mtim.tv_nsec;
+}
+
 /* The PIN is read from its source for each login and cleansed right after. ti NULL: the
- * token is known to want a login. The C_Login result is left in c. */
-static int token_login(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN_INFO *ti,
-                       p11psk_call *c, p11psk_err *err)
+ * token is known to want a login. The C_Login result is left in c. loginlock held. */
+static int login_locked(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN_INFO *ti,
+                        p11psk_call *c, p11psk_err *err)
 {
     char *pin = NULL, msg[256];
     size_t pinlen = 0;
+    struct stat st;
 
+    memset(&st, 0, sizeof(st));
+    if (tok->pin_refused != CKR_OK) {
+        if (!pin_file_changed(tok))
+            return pin_refusal(tok, err);
+        p11psk_log(P11PSK_LOG_WARN, "PIN file %s changed: logging in to token '%s' once more",
+                   pin_path(tok), tok->label);
+        tok->pin_refused = CKR_OK;
+    }
     if (tok->pin != NULL) {
         P11CALL(c, NULL, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)tok->pin,
                 strlen(tok->pin));
     } else if (tok->pin_source != NULL) {
+        /* stat before the read: a change made after it is seen as a change */
+        if (stat(pin_path(tok), &st) != 0)
+            memset(&st, 0, sizeof(st));
         if (!p11psk_pin_read(tok->pin_source, &pin, &pinlen, msg, sizeof(msg)))
             return p11psk_err_set(err, P11PSK_ST_UNAVAILABLE, "%s", msg);
         P11CALL(c, NULL, tok->fl, C_Login, sess, CKU_USER, (CK_UTF8CHAR_PTR)pin, pinlen);
@@ -193,14 +247,56 @@ static int token_login(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN
     }
     if (c->rv == CKR_OK) {
         tok->logged_in = 1;
+    } else if (p11psk_ckr_pin_refused(c->rv)) {
+        tok->pin_refused = c->rv;
+        tok->pin_st = st;
+        pin_refusal(tok, err);
+        p11psk_log(P11PSK_LOG_ERROR, "token '%s': %s", tok->label, err->msg);
+        return P11PSK_ST_TOKEN;
     } else if (c->rv != CKR_USER_ALREADY_LOGGED_IN) {
         p11psk_err_ckr(err, c->rv, c->fn);
-        if (c->rv == CKR_PIN_INCORRECT || c->rv == CKR_PIN_LEN_RANGE)
-            snprintf(err->msg + strlen(err->msg), sizeof(err->msg) - strlen(err->msg),
-                     "; check the PIN in the pin-source file for token '%s'", tok->label);
         return P11PSK_ST_TOKEN;
     }
     return P11PSK_ST_OK;
+}
+
+/* One login at a time: two threads that both lost the login must not both try a PIN. */
+static int token_login(p11psk_token *tok, CK_SESSION_HANDLE sess, const CK_TOKEN_INFO *ti,
+                       p11psk_call *c, p11psk_err *err)
+{
+    int st;
+
+    pthread_mutex_lock(&tok->loginlock);
+    st = login_locked(tok, sess, ti, c, err);
+    pthread_mutex_unlock(&tok->loginlock);
+    return st;
+}
+
+/* Sets err to the refusal and returns 1 while the PIN stays refused. */
+static int pin_still_refused(p11psk_token *tok, p11psk_err *err)
+{
+    int refused;
+
+    pthread_mutex_lock(&tok->loginlock);
+    refused = tok->pin_refused != CKR_OK && !pin_file_changed(tok);
+    if (refused)
+        pin_refusal(tok, err);
+    pthread_mutex_unlock(&tok->loginlock);
+    return refused;
+}
+
+void p11psk_token_pin_retry(p11psk_token *tok)
+{
+    pthread_mutex_lock(&tok->loginlock);
+    if (tok->pin_refused != CKR_OK)
+        p11psk_log(P11PSK_LOG_INFO, "reload: the next request logs in to token '%s' once more",
+                   tok->label);
+    tok->pin_refused = CKR_OK;
+    pthread_mutex_unlock(&tok->loginlock);
+    pthread_mutex_lock(&tok->lock);
+    tok->retry_at_ms = 0;
+    tok->backoff_ms = BACKOFF_MIN_MS;
+    pthread_mutex_unlock(&tok->lock);
 }
 
 /* Module up, slot chosen, one session open and logged in. Runs with modlock held
@@ -273,6 +369,7 @@ int p11psk_token_open(const p11psk_token_params *prm, p11psk_token **out, p11psk
     pthread_rwlock_init(&tok->modlock, NULL);
     pthread_rwlock_init(&tok->cachelock, NULL);
     pthread_mutex_init(&tok->lock, NULL);
+    pthread_mutex_init(&tok->loginlock, NULL);
     pthread_cond_init(&tok->cv, NULL);
     tok->max_sess = prm->sessions == 0               ? 4
                     : prm->sessions < TOKEN_SESS_MAX ? prm->sessions
@@ -326,6 +423,7 @@ void p11psk_token_close(p11psk_token *tok)
     pthread_rwlock_destroy(&tok->modlock);
     pthread_rwlock_destroy(&tok->cachelock);
     pthread_mutex_destroy(&tok->lock);
+    pthread_mutex_destroy(&tok->loginlock);
     pthread_cond_destroy(&tok->cv);
     free(tok);
 }
@@ -342,6 +440,8 @@ static int token_recover(p11psk_token *tok, p11psk_err *err)
     pthread_mutex_lock(&tok->lock);
     if (!tok->down) { /* another thread got there first */
         st = P11PSK_ST_OK;
+    } else if (now < tok->retry_at_ms && pin_still_refused(tok, err)) {
+        st = P11PSK_ST_TOKEN;
     } else if (now < tok->retry_at_ms) {
         st = p11psk_err_set(err, P11PSK_ST_UNAVAILABLE,
                             "token '%s' unavailable (%s); next retry in %lld ms", tok->label,
@@ -361,8 +461,9 @@ static int token_recover(p11psk_token *tok, p11psk_err *err)
                        tok->label, err->msg, tok->backoff_ms);
             tok->backoff_ms =
                 tok->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : tok->backoff_ms * 2;
-            st = p11psk_err_set(err, P11PSK_ST_UNAVAILABLE, "token '%s' unavailable (%s)",
-                                tok->label, tok->down_why);
+            if (!pin_still_refused(tok, err)) /* else err says how to fix the PIN */
+                st = p11psk_err_set(err, P11PSK_ST_UNAVAILABLE, "token '%s' unavailable (%s)",
+                                    tok->label, tok->down_why);
         }
         pthread_cond_broadcast(&tok->cv);
     }
@@ -440,23 +541,33 @@ void token_sess_put(p11psk_token *tok, CK_SESSION_HANDLE sess, const p11psk_call
     pthread_rwlock_unlock(&tok->modlock);
 }
 
-void token_relogin(p11psk_token *tok, const p11psk_err *why)
+/* Logs in again on a borrowed session; failures go to err and the log. */
+static int relogin(p11psk_token *tok, const p11psk_err *why, p11psk_err *err)
 {
     CK_SESSION_HANDLE sess;
     p11psk_call c = P11PSK_CALL_INIT;
-    p11psk_err e2;
+    char whymsg[sizeof(why->msg)];
     int st;
 
-    memset(&e2, 0, sizeof(e2));
-    if (token_sess_get(tok, &sess, &e2) != P11PSK_ST_OK)
-        return;
+    snprintf(whymsg, sizeof(whymsg), "%s", why->msg); /* why and err may be the same */
+    memset(err, 0, sizeof(*err));
+    if ((st = token_sess_get(tok, &sess, err)) != P11PSK_ST_OK)
+        return st;
     tok->logged_in = 0;
-    st = token_login(tok, sess, NULL, &c, &e2);
+    st = token_login(tok, sess, NULL, &c, err);
     token_sess_put(tok, sess, &c);
     if (st == P11PSK_ST_OK)
-        p11psk_log(P11PSK_LOG_WARN, "token '%s': logged in again after %s", tok->label, why->msg);
-    else
-        p11psk_log(P11PSK_LOG_ERROR, "token '%s': login again failed: %s", tok->label, e2.msg);
+        p11psk_log(P11PSK_LOG_WARN, "token '%s': logged in again after %s", tok->label, whymsg);
+    else if (!p11psk_ckr_pin_refused(err->ckr)) /* a refusal has logged already */
+        p11psk_log(P11PSK_LOG_ERROR, "token '%s': login again failed: %s", tok->label, err->msg);
+    return st;
+}
+
+int token_relogin(p11psk_token *tok, const p11psk_err *why)
+{
+    p11psk_err e2;
+
+    return relogin(tok, why, &e2);
 }
 
 int token_with_session(p11psk_token *tok, p11psk_sess_op op, void *arg, p11psk_err *err)
@@ -473,8 +584,9 @@ int token_with_session(p11psk_token *tok, p11psk_sess_op op, void *arg, p11psk_e
         token_sess_put(tok, sess, &c);
         if (attempt > 0 || !p11psk_ckr_retryable(c.rv))
             return st;
-        if (c.rv == CKR_USER_NOT_LOGGED_IN)
-            token_relogin(tok, err);
+        /* A refused PIN ends the request here, with how to fix it. */
+        if (c.rv == CKR_USER_NOT_LOGGED_IN && (st = relogin(tok, err, err)) != P11PSK_ST_OK)
+            return st;
     }
 }
 

@@ -15,7 +15,9 @@
 #include "log.h"
 #include "p11psk/clock.h"
 
-#define ACCEPT_BURST 8 /* per wake-up, so that workers share new connections */
+/* Per wake-up, so that workers share new connections; large enough that a connection storm
+ * is drained faster than it fills the backlog. */
+#define ACCEPT_BURST 64
 #define STOP_FLUSH_MS 1000
 
 /* Which events a connection waits for: its answer to go out, or a request. */
@@ -56,15 +58,33 @@ static void accept_some(worker *w)
             continue;
         }
         pthread_rwlock_rdlock(&s->cfglock);
+        /* A peer that connects and hangs up in a loop is held to a rate, so that accepting
+         * its connections cannot crowd out everyone else's. Root and our own user are not:
+         * they can stop the daemon anyway. */
+        if (cr.uid != 0 && cr.uid != geteuid() &&
+            !p11psk_ratelimit_take(&s->accept_rate, s->cfg->accept_rate_per_uid, cr.uid,
+                                   (uint64_t)p11psk_mono_us())) {
+            snprintf(why, sizeof(why),
+                     "uid %lu opened more than %u connections per second "
+                     "(accept-rate-per-uid in %s)",
+                     (unsigned long)cr.uid, s->cfg->accept_rate_per_uid, s->cfg->path);
+            pthread_rwlock_unlock(&s->cfglock);
+            conn_close_refused(fd, &cr, why);
+            continue;
+        }
         if (conn_peer_admit(s, cr.uid, why, sizeof(why)) != 0) {
             pthread_rwlock_unlock(&s->cfglock);
             conn_refuse(fd, &cr, why);
             continue;
         }
         pthread_rwlock_unlock(&s->cfglock);
-        if ((c = conn_new(s)) == NULL) {
+        if ((c = conn_new(s)) == NULL) { /* max-connections was raised by a reload */
             conn_peer_release(s, cr.uid);
-            conn_refuse(fd, &cr, "out of memory");
+            snprintf(why, sizeof(why),
+                     "all %zu connection buffers in use (a larger max-connections needs a "
+                     "restart of p11pskd)",
+                     s->pool.cap);
+            conn_refuse(fd, &cr, why);
             continue;
         }
         c->fd = fd;
@@ -85,7 +105,7 @@ static void worker_drop(worker *w, conn *c)
     conn_peer_release(w->s, c->cred.uid);
     w->conns[i] = w->conns[--w->nconns];
     w->conns[i]->idx = i;
-    conn_free(c);
+    conn_free(w->s, c);
 }
 
 /* On stop: answer what has fully arrived, flush answers for a bounded time, close all. */
@@ -122,11 +142,14 @@ static long long worker_deadlines(worker *w, long long now)
         if (c->deadline_ms == 0)
             continue;
         if (c->deadline_ms <= now) {
+            char exe[P11PSK_LOG_VALUE_CAP(64)];
+
+            p11psk_log_value(exe, sizeof(exe), c->exe[0] ? c->exe : "?");
             p11psk_log(P11PSK_LOG_WARN,
                        "pid=%ld uid=%lu gid=%lu exe=%s dropped: %s not done within "
                        "request-timeout-ms = %u",
                        (long)c->cred.pid, (unsigned long)c->cred.uid, (unsigned long)c->cred.gid,
-                       c->exe, c->outlen > 0 ? "answer not read" : "request",
+                       exe, c->outlen > 0 ? "answer not read" : "request",
                        w->s->cfg->request_timeout_ms);
             worker_drop(w, c);
         } else if (next == 0 || c->deadline_ms < next) {

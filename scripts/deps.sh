@@ -8,6 +8,7 @@ P11PSK_DEBS=(
     gnutls-bin stunnel4 mosquitto mosquitto-clients
     iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind
     clang-format shellcheck
+    opensc opensc-pkcs11 # pkcs11-spy.so counts C_Login in pin_lockout.sh
 )
 
 p11psk_sudo() {

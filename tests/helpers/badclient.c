@@ -18,6 +18,8 @@
  *   slow DELAY_MS [HANDLE]       one request written one byte every DELAY_MS: must be ok
  *   split [HANDLE]               one request split in two at every byte boundary, the two
  *                                writes 5 ms apart, all on one connection: each must be ok
+ *   churn SECS                   connect and hang up at once, in a loop, for SECS or until
+ *                                SIGUSR1 (run several for a storm); prints the counts
  * The daemon must answer bad frames before closing; a silent close counts as "eof".
  */
 #define _GNU_SOURCE
@@ -455,11 +457,32 @@ static int mode_split(const char *handle_hex)
     return (size_t)ok == len - 1 ? 0 : 1;
 }
 
+/* Connects and closes without a word, as fast as the daemon lets it, for secs. */
+static int mode_churn(int secs)
+{
+    double end = now_ms() + secs * 1000.0;
+    long connected = 0, refused = 0;
+
+    while (!stop_good && now_ms() < end) {
+        int fd = dial(100);
+
+        if (fd < 0) {
+            refused++;
+            continue;
+        }
+        connected++;
+        close(fd);
+    }
+    printf("churn: connected=%ld failed=%ld secs=%d\n", connected, refused, secs);
+    return 0; /* what matters is whether the others were served meanwhile */
+}
+
 static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s SOCKET good SECS BOUND_MS [HANDLE] | garbage N | oversize |\n"
-            "          truncate N SECS | flood N SECS | slow DELAY_MS [HANDLE] | split [HANDLE]\n",
+            "          truncate N SECS | flood N SECS | slow DELAY_MS [HANDLE] | split [HANDLE] |\n"
+            "          churn SECS\n",
             argv0);
     exit(2);
 }
@@ -488,6 +511,8 @@ int main(int argc, char **argv)
         return mode_slow(atoi(argv[3]), argc == 5 ? argv[4] : NULL);
     if (strcmp(mode, "split") == 0 && (argc == 3 || argc == 4))
         return mode_split(argc == 4 ? argv[3] : NULL);
+    if (strcmp(mode, "churn") == 0 && argc == 4)
+        return mode_churn(atoi(argv[3]));
     usage(argv[0]);
     return 2;
 }

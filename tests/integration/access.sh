@@ -77,7 +77,7 @@ acl_case "$UA" gamma denied
 # root has no rule at all now: denied by default.
 expect_fail "root (no rule) denied by default" "access denied" raw "${raw[alpha]}" handle \
     "${h[alpha]}" -tls1_3
-grep -q "access-denied (uid $(id -u "$UA") .*may not use 'beta'" "$T/p11pskd.log" &&
+grep -q "access-denied reason=\"uid $(id -u "$UA") .*may not use 'beta'" "$T/p11pskd.log" &&
     pass "denial logged with uid and key" || fail "no denial line for $UA/beta"
 
 # The audit line: time, peer pid/uid/gid/exe, operation, identity, result, latency.
@@ -85,7 +85,7 @@ ua=$(id -u "$UA")
 gs=$(getent group "$GS" | cut -d: -f3)
 ts='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z p11pskd\[[0-9]+\]: (info|warn): '
 ok_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=$(readlink -f "$(command -v openssl)") op=tls13-expand key=alpha result=ok step=(token|cache) latency=[0-9]+us\$"
-deny_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=\\S+ op=tls12-prf key=beta result=access-denied \\(.*\\) latency=[0-9]+us\$"
+deny_re="${ts}pid=[0-9]+ uid=$ua gid=$gs exe=\\S+ op=tls12-prf key=beta result=access-denied reason=\"[^\"]*\" latency=[0-9]+us\$"
 grep -q -E "$ok_re" "$T/p11pskd.log" && pass "audit line for a granted request has every field" ||
     fail "no audit line like: $ok_re"
 grep -q -E "$deny_re" "$T/p11pskd.log" && pass "audit line for a denied request" ||

@@ -60,7 +60,7 @@ probe "SHA256, IKM = 32 zero bytes: refused" "refused by policy" "$REFUSAL" \
 probe "SHA384, IKM = 48 zero bytes: refused" "refused by policy" "$REFUSAL" \
     "$(extract 2 "$es384" "$(zeros 48)")"
 probe "IKM zero but for its last byte: served" ok "" "$(extract 1 "$es256" "$(zeros 31)01")"
-if grep 'op=tls13-extract' "$T/p11pskd.log" | grep -q 'result=refused-by-policy (TLS 1.3 psk_ke'; then
+if grep 'op=tls13-extract' "$T/p11pskd.log" | grep -q 'result=refused-by-policy reason="TLS 1.3 psk_ke'; then
     pass "refusal logged as refused-by-policy with the reason"
 else
     fail "refusal not logged: $(grep 'op=tls13-extract' "$T/p11pskd.log" | tail -n 2)"

@@ -70,6 +70,7 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.max_connections, 1024);
     ck_assert_uint_eq(cfg.max_connections_peer, 256);
     ck_assert_uint_eq(cfg.request_timeout_ms, 10000);
+    ck_assert_uint_eq(cfg.accept_rate_per_uid, 400);
     ck_assert_uint_eq(cfg.busy_poll_us, 0);
     ck_assert_int_eq(cfg.cache, 1);
     ck_assert_uint_eq(cfg.cache_ttl_s, 300);
@@ -124,6 +125,7 @@ START_TEST(every_key)
             "max-connections-per-peer = 3\n"
             "request-timeout-ms = 250\n"
             "busy-poll-us = 300\n"
+            "accept-rate-per-uid = 50\n"
             "cache = off\n"
             "cache-ttl = 60\n"
             "cache-size = 100\n"
@@ -149,6 +151,7 @@ START_TEST(every_key)
     ck_assert_uint_eq(cfg.max_connections_peer, 3);
     ck_assert_uint_eq(cfg.request_timeout_ms, 250);
     ck_assert_uint_eq(cfg.busy_poll_us, 300);
+    ck_assert_uint_eq(cfg.accept_rate_per_uid, 50);
     ck_assert_int_eq(cfg.cache, 0);
     ck_assert_uint_eq(cfg.cache_ttl_s, 60);
     ck_assert_uint_eq(cfg.cache_size, 100);
@@ -163,7 +166,7 @@ START_TEST(every_key)
     {
         char where[80];
 
-        snprintf(where, sizeof(where), "%s:17", path);
+        snprintf(where, sizeof(where), "%s:18", path);
         ck_assert_str_eq(cfg.acl.rules[0].where, where);
     }
     ck_assert_int_eq(cfg.policy.allow_psk_ke, 1);
@@ -261,6 +264,7 @@ static const struct {
      "max-connections-per-peer must be a number from 1 to 65536"},
     {"busy-poll-us = 10001", "busy-poll-us must be a number from 0 to 10000"},
     {"request-timeout-ms = 99", "request-timeout-ms must be a number from 100 to 600000"},
+    {"accept-rate-per-uid = -1", "accept-rate-per-uid must be a number from 0 to 1000000"},
     {"request-timeout-ms = 600001", "request-timeout-ms must be a number from 100 to 600000"},
     {"log-level = verbose", "log-level must be error, warn, info or debug"},
     {"module =", "'module' needs a value: module = VALUE"},
@@ -314,6 +318,7 @@ START_TEST(unknown_key)
         "max-connections",
         "max-connections-per-peer",
         "request-timeout-ms",
+        "accept-rate-per-uid",
         "busy-poll-us",
         "cache",
         "cache-ttl",
@@ -383,6 +388,56 @@ START_TEST(config_path)
 }
 END_TEST
 
+/* p11pskd's checks of its config and PIN file: modes others could use are refused, with the
+ * file, its mode and the fix. Files here belong to whoever runs the test, which is root or
+ * p11pskd's "own user" alike. */
+START_TEST(unsafe_files)
+{
+    p11psk_config cfg;
+    char pinpath[64], line[128], want[256];
+    int fd;
+
+    snprintf(pinpath, sizeof(pinpath), "/tmp/p11psk-pin-XXXXXX");
+    fd = mkstemp(pinpath); /* 0600 */
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "1234\n", 5), 5);
+    close(fd);
+    snprintf(line, sizeof(line), "pin-source = file:%s\n", pinpath);
+    load_ok(line, &cfg); /* unlinks the config: write it again for the checks */
+    conf(line);
+    free(cfg.path);
+    cfg.path = strdup(path);
+    chmod(path, 0644);
+    ck_assert_msg(p11psk_config_check_files(&cfg, err, sizeof(err)) == 0, "%s", err);
+
+    chmod(pinpath, 0644);
+    ck_assert_int_eq(p11psk_config_check_files(&cfg, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want), "PIN file %s has mode 0644 and owner uid %lu", pinpath,
+             (unsigned long)geteuid());
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+    ck_assert_msg(strstr(err, "every user may read or change it; fix it with `chmod 0640 ") != NULL,
+                  "%s", err);
+    chmod(pinpath, 0620);
+    ck_assert_int_eq(p11psk_config_check_files(&cfg, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "its group may change it") != NULL, "%s", err);
+    chmod(pinpath, 0640); /* our own group may read it */
+    ck_assert_msg(p11psk_config_check_files(&cfg, err, sizeof(err)) == 0, "%s", err);
+    unlink(pinpath);
+    ck_assert_int_eq(p11psk_config_check_files(&cfg, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "No such file or directory; fix pin-source") != NULL, "%s", err);
+
+    chmod(path, 0666);
+    ck_assert_int_eq(p11psk_config_check_files(&cfg, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want), "config file %s has mode 0666", path);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+    ck_assert_msg(strstr(err, "others than its owner may change it") != NULL, "%s", err);
+    chmod(path, 0664);
+    ck_assert_int_eq(p11psk_config_check_files(&cfg, err, sizeof(err)), -1);
+    unlink(path);
+    p11psk_config_free(&cfg);
+}
+END_TEST
+
 START_TEST(pin_read)
 {
     char src[96], want[256];
@@ -433,6 +488,7 @@ int main(void)
     tcase_add_test(tc, missing_file);
     tcase_add_test(tc, config_path);
     tcase_add_test(tc, pin_read);
+    tcase_add_test(tc, unsafe_files);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
