@@ -152,7 +152,7 @@ if run_pair handle "$xh" raw "$xraw" -tls1_3; then
 else
     pass "expired key: handshake fails ($REASON)"
 fi
-if grep -q "key=$XID result=refused-by-policy (key expired on $yesterday " "$T/p11pskd.log"; then
+if grep -q "key=$XID result=refused-by-policy reason=\"key expired on $yesterday " "$T/p11pskd.log"; then
     pass "daemon log: key expired on $yesterday"
 else
     fail "daemon log lacks 'key expired on $yesterday': $(grep "key=$XID" "$T/p11pskd.log" | tail -n 2)"
