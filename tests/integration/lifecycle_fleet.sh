@@ -200,7 +200,11 @@ for _ in 1 2; do expect_ok "handshake with a key labelled '$EID'" handle "$eh" r
 "${P[@]}" status --json >"$D/status.json" 2>"$D/status.err" || fail "status --json: $(cat "$D/status.err")"
 "${P[@]}" metrics >"$D/metrics.out" 2>"$D/metrics.err" || fail "metrics: $(cat "$D/metrics.err")"
 for id in "$SID" "$FID" "$XID" "$EID"; do
-    audit=$(grep -c -F " key=$id result=" "$T/p11pskd.log" || true)
+    # The audit line writes the label logfmt-style: quoted when it has a space, '=' or a
+    # character that needs escaping, with \ and " escaped.
+    lf=$(perl -e '$_ = $ARGV[0]; my $q = /[ ="\\\x00-\x1f\x7f]/; s/\\/\\\\/g; s/"/\\"/g;
+        print $q ? "\"$_\"" : $_' "$id")
+    audit=$(grep -c -F " key=$lf result=" "$T/p11pskd.log" || true)
     counted=$(perl -MJSON::PP -e '
         local $/; open my $fh, "<", $ARGV[0] or die; my $j = decode_json(<$fh>);
         for (@{$j->{keys}}) { if ($_->{key} eq $ARGV[1]) { print $_->{requests}; exit } }
