@@ -187,6 +187,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_uint(&cfg->cache_ttl_s, key, v, 1, 86400, err, errlen);
     if (strcmp(key, "cache-size") == 0)
         return set_uint(&cfg->cache_size, key, v, 1, 1000000, err, errlen);
+    if (strcmp(key, "revalidate-ms") == 0)
+        return set_uint(&cfg->revalidate_ms, key, v, 0, 3600000, err, errlen);
     if (strcmp(key, "threads") == 0)
         return set_uint(&cfg->threads, key, v, 0, 64, err, errlen);
     if (strcmp(key, "max-connections") == 0)
@@ -209,7 +211,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
              "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, "
              "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, allow, allow-status, "
+             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, revalidate-ms, allow, "
+             "allow-status, "
              "allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
@@ -286,6 +289,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->cache = 1;
     cfg->cache_ttl_s = 300;
     cfg->cache_size = 16384;
+    cfg->revalidate_ms = 1000;
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
         !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen)) {

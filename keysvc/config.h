@@ -31,6 +31,7 @@ typedef struct p11psk_config {
     int cache;                      /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */
+    unsigned revalidate_ms;         /* cached keys are re-checked in the token this often */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

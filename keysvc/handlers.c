@@ -220,14 +220,13 @@ static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, 
     int rc;
 
     if (!hf->present) { /* every key */
-        n = p11psk_cache_flush(s->cache, NULL, 0);
+        n = p11psk_keys_changed(s->tok, NULL, 0, "flush requested");
         snprintf(o->ident, sizeof(o->ident), "*");
     } else {
         if ((rc = p11psk_handle_decode(hf->p, hf->len, &h)) != P11PSK_HANDLE_OK)
             return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "%s", p11psk_handle_strerror(rc));
         p11psk_hex_encode(h.id, h.idlen, o->ident);
-        n = p11psk_cache_flush(s->cache, h.id, h.idlen);
-        p11psk_token_forget(s->tok, h.id, h.idlen); /* the object may have changed too */
+        n = p11psk_keys_changed(s->tok, h.id, h.idlen, "flush requested");
     }
     snprintf(msg, sizeof(msg), "flushed %zu", n);
     p11psk_frame_add_str(resp, P11PSK_T_INFO, msg);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "keychange.h"
 #include "ladder.h"
 #include "log.h"
 #include "server.h"
@@ -250,12 +251,14 @@ int main(int argc, char **argv)
         goto fail;
     }
     p11psk_ladder_set_cache(lad, cache);
+    p11psk_keychange_init(cache);
     p11psk_token_params_from_config(&prm, &cfg);
     prm.sessions = p11psk_server_threads(&cfg); /* one per worker: nobody waits */
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
         snprintf(err, sizeof(err), "%s (config %s)", terr.msg, cfg.path);
         goto fail;
     }
+    p11psk_token_set_revalidate(tok, cfg.revalidate_ms);
     {
         struct timespec t0, t1;
         size_t nkeys = 0;

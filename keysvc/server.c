@@ -49,6 +49,8 @@ static void server_reload(server *s)
     cur->max_connections_peer = nc.max_connections_peer;
     cur->request_timeout_ms = nc.request_timeout_ms;
     cur->busy_poll_us = nc.busy_poll_us;
+    cur->revalidate_ms = nc.revalidate_ms;
+    p11psk_token_set_revalidate(s->tok, nc.revalidate_ms);
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "keychange.h"
 #include "config.h"
 #include "ladder.h"
 #include "p11psk/ops.h"

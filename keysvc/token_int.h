@@ -50,6 +50,12 @@ struct p11psk_token {
     p11psk_htable ids;    /* CKA_ID -> key, see token_objects.c */
     long long scanned_ms; /* last full scan (under lock) */
     unsigned long scans;
+
+    /* Re-validation of the table's entries (token_objects.c). vallock guards the entries'
+     * validation state, taken inside cachelock (shared is enough). */
+    pthread_mutex_t vallock;
+    unsigned revalidate_ms;
+    unsigned long revalidations, changes; /* under vallock */
 };
 
 /* ---- session pool (token_slot.c) ---- */

@@ -1,26 +1,42 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Key lookup: the CKA_ID table the daemon answers from, filled by whole-token scans and
- * single searches, and the label search the CLI lists keys with.
+ * single searches, re-validated against the token at most revalidate-ms apart, and the
+ * label search the CLI lists keys with.
  */
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "p11psk/clock.h"
+#include "keychange.h"
 #include "p11psk/wire.h"
 #include "token_int.h"
 
 #define ID_BUCKETS 16384    /* chains stay short up to ~10^4 keys */
 #define RESCAN_MIN_MS 10000 /* a lookup miss rescans the whole token at most this often */
+#define REVALIDATE_DEFAULT_MS 1000
+
+/* The fingerprint is SHA-256 over this prefix and the value, not the bare SHA-256 of the
+ * key, which other tools may show as a key check value. */
+static const uint8_t FP_PREFIX[] = "p11psk key fingerprint 1";
 
 struct id_ent {
     p11psk_hnode node; /* keyed by key.id */
-    p11psk_key key;
+    p11psk_key key;    /* key.fp: the value last confirmed, kept across rescans */
     unsigned long scan; /* the full scan that wrote it (0: a single lookup) */
     int clash;          /* that scan saw this CKA_ID twice: never answered from here */
+    long long validated_ms; /* when the token last confirmed key.fp (vallock) */
+    int validating;         /* a thread is confirming it now (vallock) */
 };
+
+static void ent_free(struct id_ent *e)
+{
+    OPENSSL_cleanse(e->key.fp, sizeof(e->key.fp));
+    free(e);
+}
 
 static void id_hex(const uint8_t *id, size_t idlen, char *out)
 {
@@ -31,13 +47,15 @@ static void id_hex(const uint8_t *id, size_t idlen, char *out)
 
 int token_ids_init(p11psk_token *tok)
 {
+    pthread_mutex_init(&tok->vallock, NULL);
+    tok->revalidate_ms = REVALIDATE_DEFAULT_MS;
     return p11psk_htable_init(&tok->ids, ID_BUCKETS);
 }
 
 static int unlink_all(p11psk_hnode *n, void *arg)
 {
     (void)arg;
-    free(n); /* the node is the entry's first member */
+    ent_free((struct id_ent *)n); /* the node is the entry's first member */
     return 1;
 }
 
@@ -52,6 +70,7 @@ void token_ids_fini(p11psk_token *tok)
 {
     token_ids_clear(tok);
     p11psk_htable_fini(&tok->ids);
+    pthread_mutex_destroy(&tok->vallock);
 }
 
 static struct id_ent *ids_find(p11psk_token *tok, const uint8_t *id, size_t idlen)
@@ -73,19 +92,58 @@ static struct id_ent *ids_add(p11psk_token *tok, const p11psk_key *k)
     return e;
 }
 
-/* Copies the table's entry for id to key: 1 on a hit. */
+enum { LOOK_MISS, LOOK_FRESH, LOOK_CHECK };
+
+/* Copies the table's entry for id to key. LOOK_FRESH: validated less than revalidate-ms
+ * ago, or another thread is validating it right now; LOOK_CHECK: the caller validates it
+ * (it has claimed the entry, or the entry has no fingerprint yet). */
 static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key)
 {
     struct id_ent *e;
-    int hit = 0;
+    int r = LOOK_MISS;
 
     pthread_rwlock_rdlock(&tok->cachelock);
     if ((e = ids_find(tok, id, idlen)) != NULL) {
         *key = e->key;
-        hit = 1;
+        pthread_mutex_lock(&tok->vallock);
+        if (!e->key.fp_ok || tok->revalidate_ms == 0) {
+            r = LOOK_CHECK;
+        } else if (!e->validating && p11psk_mono_ms() - e->validated_ms >= tok->revalidate_ms) {
+            e->validating = 1; /* one validation per key and period, not one per request */
+            r = LOOK_CHECK;
+        } else {
+            r = LOOK_FRESH;
+        }
+        pthread_mutex_unlock(&tok->vallock);
     }
     pthread_rwlock_unlock(&tok->cachelock);
-    return hit;
+    return r;
+}
+
+/* Records a validated key (fp set) as its CKA_ID's entry, or with k NULL only releases the
+ * claim of a validation that failed, so that the next request tries again. */
+static void ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k)
+{
+    struct id_ent *e;
+
+    pthread_rwlock_wrlock(&tok->cachelock);
+    if ((e = ids_find(tok, id, idlen)) == NULL && k != NULL)
+        e = ids_add(tok, k); /* out of memory: no entry is only slower */
+    if (e != NULL) {
+        if (k != NULL) {
+            e->key = *k; /* same id bytes, so the node's key stays valid */
+            e->validated_ms = p11psk_mono_ms();
+        }
+        e->validating = 0;
+    }
+    pthread_rwlock_unlock(&tok->cachelock);
+}
+
+static int unlink_any(p11psk_hnode *n, void *arg)
+{
+    (void)arg;
+    ent_free((struct id_ent *)n);
+    return 1;
 }
 
 void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
@@ -93,11 +151,50 @@ void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
     struct id_ent *e;
 
     pthread_rwlock_wrlock(&tok->cachelock);
-    if ((e = ids_find(tok, id, idlen)) != NULL) {
+    if (id == NULL) {
+        p11psk_htable_unlink_if(&tok->ids, unlink_any, NULL);
+    } else if ((e = ids_find(tok, id, idlen)) != NULL) {
         p11psk_htable_remove(&tok->ids, &e->node);
-        free(e);
+        ent_free(e);
     }
     pthread_rwlock_unlock(&tok->cachelock);
+}
+
+void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms)
+{
+    pthread_mutex_lock(&tok->vallock);
+    tok->revalidate_ms = ms;
+    pthread_mutex_unlock(&tok->vallock);
+}
+
+struct age_arg {
+    long long now, oldest; /* oldest validated_ms seen, or now */
+};
+
+static int age_visit(p11psk_hnode *n, void *varg)
+{
+    struct id_ent *e = (struct id_ent *)n;
+    struct age_arg *a = varg;
+
+    if (e->key.fp_ok && e->validated_ms < a->oldest)
+        a->oldest = e->validated_ms;
+    return 0; /* look only */
+}
+
+void p11psk_token_revalidate_get(p11psk_token *tok, p11psk_token_revalidate_stats *st)
+{
+    struct age_arg a;
+
+    a.now = a.oldest = p11psk_mono_ms();
+    pthread_rwlock_rdlock(&tok->cachelock);
+    pthread_mutex_lock(&tok->vallock);
+    p11psk_htable_unlink_if(&tok->ids, age_visit, &a);
+    st->revalidate_ms = tok->revalidate_ms;
+    st->revalidations = tok->revalidations;
+    st->changes = tok->changes;
+    pthread_mutex_unlock(&tok->vallock);
+    pthread_rwlock_unlock(&tok->cachelock);
+    st->age_ms = (unsigned long)(a.now - a.oldest);
 }
 
 /* ---- reading objects ---- */
@@ -243,7 +340,7 @@ static int unlink_clash(p11psk_hnode *node, void *arg)
 
     if (!e->clash)
         return 0;
-    free(e);
+    ent_free(e);
     (*(size_t *)arg)++;
     return 1;
 }
@@ -280,6 +377,15 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
         } else if (e->scan == scan) { /* a second key with this CKA_ID */
             e->clash = 1;
             continue;
+        } else {
+            /* Keep the fingerprint last served: the next lookup compares the (maybe new)
+             * object's value with it. Another object is validated before it is used. */
+            if (e->key.fp_ok) {
+                k->fp_ok = 1;
+                memcpy(k->fp, e->key.fp, sizeof(k->fp));
+            }
+            if (k->obj != e->key.obj)
+                e->validated_ms = 0;
         }
         e->key = *k; /* same id bytes, so the node's key stays valid */
         e->scan = scan;
@@ -295,8 +401,9 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
     return P11PSK_ST_OK;
 }
 
-int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
-                         p11psk_err *err)
+/* Searches the token for the one key with this CKA_ID, bypassing the table. */
+static int search_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                     p11psk_err *err)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, idlen}};
@@ -304,13 +411,6 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
     char hex[2 * P11PSK_KEY_ID_MAX + 1];
     int st;
 
-    if (idlen == 0 || idlen > P11PSK_ID_MAX)
-        return p11psk_err_set(err, P11PSK_ST_BAD_HANDLE, "bad key id length %zu", idlen);
-    if (ids_lookup(tok, id, idlen, key))
-        return P11PSK_ST_OK;
-    if (rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK &&
-        ids_lookup(tok, id, idlen, key))
-        return P11PSK_ST_OK;
     id_hex(id, idlen, hex);
     if ((st = token_with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;
@@ -349,11 +449,128 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
         return p11psk_err_set(err, P11PSK_ST_UNSUPPORTED,
                               "key '%s' (CKA_ID %s) has an unsupported length %zu", key->label, hex,
                               key->len);
-    pthread_rwlock_wrlock(&tok->cachelock);
-    /* Another thread may have added it meanwhile; no entry is only slower. */
-    if (ids_find(tok, id, idlen) == NULL)
-        ids_add(tok, key);
-    pthread_rwlock_unlock(&tok->cachelock);
+    return P11PSK_ST_OK;
+}
+
+/* ---- re-validation ---- */
+
+struct check_arg {
+    const p11psk_key *key;
+    int same; /* out: the object still exists and has the key's CKA_ID */
+};
+
+static int op_check(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, p11psk_call *c,
+                    p11psk_err *err)
+{
+    struct check_arg *a = varg;
+    uint8_t id[P11PSK_KEY_ID_MAX];
+    CK_ATTRIBUTE t[] = {{CKA_ID, id, sizeof(id)}};
+    CK_RV rv = P11CALL(c, NULL, tok->fl, C_GetAttributeValue, sess, a->key->obj, t, 1);
+
+    if (rv == CKR_OK) {
+        a->same = t[0].ulValueLen == a->key->idlen && memcmp(id, a->key->id, a->key->idlen) == 0;
+        return P11PSK_ST_OK;
+    }
+    /* A destroyed object, or one that no longer carries a CKA_ID we could hold. */
+    if (p11psk_ckr_stale_handle(rv) || rv == CKR_BUFFER_TOO_SMALL ||
+        rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE) {
+        c->rv = CKR_OK; /* the session is fine */
+        a->same = 0;
+        return P11PSK_ST_OK;
+    }
+    p11psk_err_ckr(err, rv, c->fn);
+    return P11PSK_ST_TOKEN;
+}
+
+/* key->fp = the fingerprint of key's value, computed in the token (C_DigestKey). A
+ * destroyed object gives P11PSK_ST_NOT_FOUND. */
+static int fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
+{
+    int st = p11psk_token_digest_key(tok, P11PSK_MD_SHA256, FP_PREFIX, sizeof(FP_PREFIX) - 1, key,
+                                     key->fp, err);
+
+    key->fp_ok = st == P11PSK_ST_OK;
+    if (st == P11PSK_ST_TOKEN && p11psk_ckr_stale_handle(err->ckr))
+        return P11PSK_ST_NOT_FOUND;
+    return st;
+}
+
+/* The token's current key for id with its fingerprint: the object we know if it still has
+ * this CKA_ID, else a fresh search. */
+static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *cur,
+                       p11psk_err *err)
+{
+    struct check_arg a = {known, 0};
+    int st;
+
+    *cur = *known;
+    st = token_with_session(tok, op_check, &a, err);
+    if (st == P11PSK_ST_OK && a.same && (st = fingerprint(tok, cur, err)) != P11PSK_ST_NOT_FOUND)
+        return st;
+    if (st != P11PSK_ST_OK && st != P11PSK_ST_NOT_FOUND)
+        return st;
+    if ((st = search_id(tok, known->id, known->idlen, cur, err)) != P11PSK_ST_OK)
+        return st;
+    return fingerprint(tok, cur, err);
+}
+
+/* Confirms key (a copy of the table's entry) against the token; on success key is what to
+ * serve. A key gone (or now ambiguous) or with another value goes to p11psk_keys_changed. */
+static int revalidate(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
+{
+    uint8_t id[P11PSK_KEY_ID_MAX];
+    size_t idlen = key->idlen;
+    p11psk_key cur;
+    int st, known = key->fp_ok, changed;
+
+    memcpy(id, key->id, idlen);
+    st = current_key(tok, key, &cur, err);
+    if (st == P11PSK_ST_TOKEN || st == P11PSK_ST_UNAVAILABLE || st == P11PSK_ST_INTERNAL) {
+        ids_validated(tok, id, idlen, NULL); /* the token could not say: ask it next time */
+        OPENSSL_cleanse(&cur, sizeof(cur));
+        return st;
+    }
+    changed = known && (st != P11PSK_ST_OK || CRYPTO_memcmp(cur.fp, key->fp, sizeof(cur.fp)));
+    pthread_mutex_lock(&tok->vallock);
+    tok->revalidations += known;
+    tok->changes += changed;
+    pthread_mutex_unlock(&tok->vallock);
+    if (changed || st != P11PSK_ST_OK) {
+        p11psk_err keep = *err;
+
+        p11psk_keys_changed(tok, id, idlen,
+                            st == P11PSK_ST_NOT_FOUND ? "removed from the token"
+                            : st != P11PSK_ST_OK      ? "no longer usable"
+                                                      : "value changed in the token");
+        *err = keep;
+    }
+    if (st == P11PSK_ST_OK)
+        ids_validated(tok, id, idlen, &cur);
+    *key = cur;
+    OPENSSL_cleanse(&cur, sizeof(cur));
+    return st;
+}
+
+int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                         p11psk_err *err)
+{
+    int r, st;
+
+    if (idlen == 0 || idlen > P11PSK_ID_MAX)
+        return p11psk_err_set(err, P11PSK_ST_BAD_HANDLE, "bad key id length %zu", idlen);
+    r = ids_lookup(tok, id, idlen, key);
+    if (r == LOOK_MISS && rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK)
+        r = ids_lookup(tok, id, idlen, key);
+    if (r == LOOK_FRESH)
+        return P11PSK_ST_OK;
+    if (r == LOOK_CHECK)
+        return revalidate(tok, key, err);
+    if ((st = search_id(tok, id, idlen, key, err)) != P11PSK_ST_OK)
+        return st;
+    if ((st = fingerprint(tok, key, err)) != P11PSK_ST_OK)
+        return st;
+    /* Another thread may have added it meanwhile: then this validation refreshes it. */
+    ids_validated(tok, id, idlen, key);
     return P11PSK_ST_OK;
 }
 
