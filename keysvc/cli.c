@@ -82,7 +82,12 @@ static const char usage_rm[] =
     "Destroys every key labelled ID and prints what it removed. Asks for each key when\n"
     "stdin is a terminal; otherwise refuses unless --yes is given.\n"
     "\n"
-    "  -y, --yes  remove without asking\n";
+    "  -y, --yes  remove without asking\n"
+    "\n"
+    "Then p11pskd is told at once (FLUSH) to stop serving the key (root, p11pskd's user,\n"
+    "or allow-admin). Exit status: 0 done and p11pskd told; 1 failure; 2 usage error;\n"
+    "3 removed from the token, but p11pskd could not be told (it notices within its\n"
+    "revalidate-ms).\n";
 
 static const char usage_rotate[] =
     "Usage: p11psk rotate ID [--generate N | --hex-file FILE] [--readable | --not-readable]\n"
@@ -91,7 +96,9 @@ static const char usage_rotate[] =
     "valid and applications need no change. The new key is created before the old one is\n"
     "destroyed, so the identity never lacks a key. Then a running p11pskd is told to drop\n"
     "its cached values for the key (root, p11pskd's user, or allow-admin). Peers that hold\n"
-    "the raw key need the new value too.\n"
+    "the raw key need the new value too. Exit status: 0 done and p11pskd told; 1 failure;\n"
+    "2 usage error; 3 rotated in the token, but p11pskd could not be told (it notices\n"
+    "within its revalidate-ms).\n"
     "\n"
     "  --generate N     let the token generate N random bytes (16..512; default: the\n"
     "                   current key's length); this is the default\n"
@@ -259,7 +266,7 @@ int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp,
     return m->code;
 }
 
-int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k)
+int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k, const char *done)
 {
     uint8_t hb[P11PSK_HANDLE_LEN], resp[P11PSK_WIRE_MAX];
     char why[400], info[128];
@@ -277,24 +284,23 @@ int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k)
     p11psk_frame_start(&req, P11PSK_OP_FLUSH);
     p11psk_frame_add(&req, P11PSK_T_HANDLE, hb, sizeof(hb));
     st = p11psk_cli_daemon_call(cfg->socket, &req, resp, &m, why, sizeof(why));
-    if (st < 0) {
-        fprintf(stderr,
-                "p11psk: note: cannot tell p11pskd to drop its cached values for '%s' (%s). "
-                "Nothing to do if p11pskd is not running; otherwise its cached values expire "
-                "after cache-ttl, or restart it\n",
-                k->label, why);
-        return 0;
+    if (st >= 0 && st != P11PSK_ST_OK) {
+        char msg[300];
+
+        p11psk_msg_str(&m, P11PSK_T_MSG, msg, sizeof(msg));
+        snprintf(why, sizeof(why), "refused: %s: %s", p11psk_status_str(st), msg);
     }
     if (st != P11PSK_ST_OK) {
-        p11psk_msg_str(&m, P11PSK_T_MSG, why, sizeof(why));
         fprintf(stderr,
-                "p11psk: note: p11pskd refused to drop its cached values for '%s': %s: %s. "
-                "They expire after cache-ttl, or restart p11pskd\n",
-                k->label, p11psk_status_str(st), why);
+                "p11psk: %s ('%s') but p11pskd at %s could not be told: %s; it stops serving "
+                "the old key within revalidate-ms (%u ms)\n",
+                done, k->label, cfg->socket, why, cfg->revalidate_ms);
         return 0;
     }
     p11psk_msg_str(&m, P11PSK_T_INFO, info, sizeof(info));
-    printf("p11pskd dropped its cached values for '%s' (%s)\n", k->label, info);
+    /* The answer says "flushed N". */
+    printf("p11pskd flushed %s cached values for '%s'\n",
+           strncmp(info, "flushed ", 8) == 0 ? info + 8 : "?", k->label);
     return 1;
 }
 
@@ -511,7 +517,7 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
     p11psk_key *keys = NULL;
     p11psk_err err;
     size_t n = 0, i;
-    int opt, rc = 1, yes = 0;
+    int opt, rc = 1, yes = 0, not_told = 0;
 
     optind = 0;
     while ((opt = getopt_long(argc, argv, "yh", opts, NULL)) != -1) {
@@ -552,7 +558,12 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
             continue;
         }
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
+        /* Synchronous: when rm returns 0, p11pskd no longer serves the key. */
+        if (!p11psk_cli_flush(cfg, &keys[i], "the key was removed from the token"))
+            not_told = 1;
     }
+    if (rc == 0 && not_told)
+        rc = P11PSK_EXIT_NOT_TOLD;
 out:
     free(keys);
     p11psk_token_close(tok);
@@ -772,8 +783,8 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     if (newk.readable != old.readable)
         printf("the key is now %s\n",
                newk.readable ? "readable by p11pskd" : "sensitive and non-extractable");
-    p11psk_cli_flush(cfg, &newk);
-    rc = 0;
+    rc = p11psk_cli_flush(cfg, &newk, "the key was rotated in the token") ? 0
+                                                                           : P11PSK_EXIT_NOT_TOLD;
 out:
     if (val != NULL)
         OPENSSL_secure_clear_free(val, P11PSK_KEY_LEN_MAX);

@@ -5,7 +5,7 @@ P11PSK_DEBS=(
     libssl-dev openssl libp11-kit-dev p11-kit check
     softhsm2 libsofthsm2
     gnutls-bin stunnel4 mosquitto mosquitto-clients
-    iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind
+    iproute2 util-linux procps perl gdb p11-kit-modules systemd valgrind opensc
 )
 
 p11psk_sudo() {
