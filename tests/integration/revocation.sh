@@ -114,60 +114,76 @@ delay_after() {
     END { print m + 0 }' "$1"
 }
 
-# loop_bg OUT CLIENT_PSK SERVER_PSK: TLS 1.3 handshakes for ~1.5 s in the background.
+# loop_bg OUT CLIENT_PSK SERVER_PSK: TLS 1.3 handshakes every 10 ms in the background until
+# stopped with loop_stop (bounded anyway: 120 s, 6000 handshakes).
 loop_bg() {
-    hsloop_bg "$T/openssl.cnf" "$1" --tls13 --count "$LOOP_N" --interval-ms 10 -v \
+    hsloop_bg "$T/openssl.cnf" "$1" --tls13 --count 6000 --interval-ms 10 -v \
         --client-psk "$2" --server-psk "$3"
 }
 
-# other_tool_round I REVAL: one deletion and one replacement, measured; sets WORST.
+# loop_stop UNTIL_MS PID...: waits until UNTIL_MS (wall clock), then stops the loops. Their
+# output is line-buffered, so every handshake line up to then is in their files.
+loop_stop() {
+    local until=$1 p
+    shift
+    while [ "$(now_ms)" -lt "$until" ]; do sleep 0.05; done
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+# warm NAME HANDLE RAW: two handshakes, so that p11pskd has the key's values cached.
+warm() {
+    hsloop "$T/openssl.cnf" "$T/warm.out" --tls13 --count 2 --client-psk "$2" --server-psk "$3"
+    [ "$HS_OK" = 2 ] && return 0
+    fail "$1: warm-up failed: $(tail -n 2 "$T/warm.out.err")"
+    return 1
+}
+
+# other_tool_round I REVAL: key A deleted and key B replaced (same label and CKA_ID, new
+# value) by pkcs11-tool while handshakes with their handles run; updates WORST.
 other_tool_round() {
-    local i=$1 reval=$2 label id raw new h t0 d1 d2 d3 d lpid
-    label=ext-$$-$i-$reval
-    id=$(rand_hex 8)
-    raw=$(rand_hex 32)
-    new=$(rand_hex 32)
-    write_key "$label" "$id" "$raw"
-    h=$(handle_of "$label")
-    # Deletion: warm, then delete while handshakes run.
-    hsloop "$T/openssl.cnf" "$T/warm.out" --tls13 --count 2 --client-psk "$h" --server-psk "$raw"
-    [ "$HS_OK" = 2 ] || { fail "round $i: warm-up failed: $(tail -n 2 "$T/warm.out.err")"; return; }
-    loop_bg "$T/del.out" "$h" "$raw"
-    lpid=$HS_PID
-    sleep 0.2
-    p11tool --delete-object --type secrkey --id "$id"
-    t0=$(now_ms)
-    wait "$lpid" || true
-    d1=$(delay_after "$T/del.out" "$t0" ok)
-    tail -n 3 "$T/del.out" | grep -q ' ok$' && fail "round $i: deleted key still works at the end"
-    # Replacement: same label and CKA_ID, new value; the old raw key must stop working and
-    # the new one start, while handshakes with both run.
-    write_key "$label" "$id" "$raw"
-    hsloop "$T/openssl.cnf" "$T/warm.out" --tls13 --count 2 --client-psk "$h" --server-psk "$raw"
-    [ "$HS_OK" = 2 ] || { fail "round $i: re-written key failed: $(tail -n 2 "$T/warm.out.err")"; return; }
-    loop_bg "$T/old.out" "$h" "$raw"
-    lpid=$HS_PID
-    loop_bg "$T/new.out" "$h" "$new"
-    sleep 0.2
-    p11tool --delete-object --type secrkey --id "$id"
-    write_key "$label" "$id" "$new"
-    t0=$(now_ms)
-    wait "$lpid" || true
-    wait "$HS_PID" || true
-    d2=$(delay_after "$T/old.out" "$t0" ok)
-    d3=$(delay_after "$T/new.out" "$t0" fail)
+    local i=$1 reval=$2 la lb ida idb rawa rawb newb ha hb ta tb da db_old db_new d p1 p2 p3
+    la=del-$$-$i-$reval
+    lb=rep-$$-$i-$reval
+    ida=$(rand_hex 8)
+    idb=$(rand_hex 8)
+    rawa=$(rand_hex 32)
+    rawb=$(rand_hex 32)
+    newb=$(rand_hex 32)
+    write_key "$la" "$ida" "$rawa"
+    write_key "$lb" "$idb" "$rawb"
+    ha=$(handle_of "$la")
+    hb=$(handle_of "$lb")
+    warm "round $i A" "$ha" "$rawa" || return 0
+    warm "round $i B" "$hb" "$rawb" || return 0
+    loop_bg "$T/del.out" "$ha" "$rawa"
+    p1=$HS_PID
+    loop_bg "$T/old.out" "$hb" "$rawb"
+    p2=$HS_PID
+    loop_bg "$T/new.out" "$hb" "$newb"
+    p3=$HS_PID
+    sleep 0.1
+    p11tool --delete-object --type secrkey --id "$ida"
+    ta=$(now_ms)
+    p11tool --delete-object --type secrkey --id "$idb"
+    write_key "$lb" "$idb" "$newb"
+    tb=$(now_ms)
+    # Run on for the bound plus 400 ms, so that the end shows the settled state.
+    loop_stop $((tb + reval + 700)) "$p1" "$p2" "$p3"
+    da=$(delay_after "$T/del.out" "$ta" ok)
+    db_old=$(delay_after "$T/old.out" "$tb" ok)
+    db_new=$(delay_after "$T/new.out" "$tb" fail)
+    tail -n 3 "$T/del.out" | grep -q ' fail: ' || fail "round $i: the deleted key still works at the end"
     tail -n 3 "$T/old.out" | grep -q ' fail: ' || fail "round $i: the old raw key still works at the end"
     tail -n 3 "$T/new.out" | grep -q ' ok$' || fail "round $i: the new raw key does not work at the end"
-    for d in "$d1" "$d2" "$d3"; do [ "$d" -gt "$WORST" ] && WORST=$d; done
-    log "  round $i (revalidate-ms $reval): deleted stale for $d1 ms, replaced: old worked $d2 ms, new failed $d3 ms"
-    p11tool --delete-object --type secrkey --id "$id"
+    for d in "$da" "$db_old" "$db_new"; do [ "$d" -gt "$WORST" ] && WORST=$d; done
+    log "  round $i (revalidate-ms $reval): deleted key served $da ms after; replaced key: old value $db_old ms, new value refused $db_new ms"
 }
 
 # bound REVAL: revalidate-ms, plus one request and a handshake's length and scheduling slack.
 bound() { echo $(($1 + 300)); }
 
 WORST=0
-LOOP_N=$(((REVAL_MS + 900) / 12))
 for i in $(seq 20); do other_tool_round "$i" "$REVAL_MS"; done
 [ "$WORST" -le "$(bound "$REVAL_MS")" ] &&
     pass "another tool's delete/replace noticed within $WORST ms (worst of 20; revalidate-ms $REVAL_MS)" ||
@@ -180,14 +196,35 @@ stop_daemon
 sed -i '/^revalidate-ms/d' "$T/p11pskd.conf"
 start_daemon
 WORST=0
-LOOP_N=$(((1000 + 900) / 12))
 other_tool_round 1 1000
 [ "$WORST" -le "$(bound 1000)" ] &&
     pass "default revalidate-ms 1000: noticed within $WORST ms" ||
     fail "default revalidate-ms 1000: served for $WORST ms (> $(bound 1000) ms)"
 log "WORST CASE revalidate-ms=1000 (default): $WORST ms; revalidate-ms=$REVAL_MS: $worst200 ms"
-grep -q 'value changed in the token; dropped' "$T/p11pskd.log" &&
-    grep -q 'removed from the token; dropped' "$T/p11pskd.log" &&
-    pass "p11pskd logged the changes it found" || fail "no change lines in the p11pskd log"
+grep -q 'removed from the token; dropped' "$T/p11pskd.log" &&
+    pass "p11pskd logged the deletions it found" || fail "no 'removed from the token' line in the log"
+
+# --- a replacement with no request in between: the first request after revalidate-ms
+# (default 1000) compares fingerprints, logs the change and serves the new value.
+lc=chg-$$
+idc=$(rand_hex 8)
+rawc=$(rand_hex 32)
+newc=$(rand_hex 32)
+write_key "$lc" "$idc" "$rawc"
+hc=$(handle_of "$lc")
+if warm "replaced while idle" "$hc" "$rawc"; then
+    p11tool --delete-object --type secrkey --id "$idc"
+    write_key "$lc" "$idc" "$newc"
+    sleep 1.1
+    hsloop "$T/openssl.cnf" "$T/chg.out" --tls13 --count 1 --client-psk "$hc" --server-psk "$newc"
+    [ "$HS_OK" = 1 ] && pass "replaced while idle: the new raw key works" ||
+        fail "replaced while idle: new raw key: $(tail -n 2 "$T/chg.out.err")"
+    hsloop "$T/openssl.cnf" "$T/chg.out" --tls13 --count 1 --client-psk "$hc" --server-psk "$rawc"
+    [ "$HS_FAILED" = 1 ] && pass "replaced while idle: the old raw key fails" ||
+        fail "replaced while idle: the old raw key still works"
+    grep -q "key CKA_ID $idc: value changed in the token; dropped [1-9]" "$T/p11pskd.log" &&
+        pass "p11pskd logged the value change and dropped the cached values" ||
+        fail "no 'value changed' line for $idc in the log"
+fi
 
 finish
