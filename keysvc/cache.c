@@ -80,8 +80,8 @@ static struct ent *find(p11psk_cache *c, const uint8_t *id, size_t idlen, int ki
     return n != NULL ? (struct ent *)n : NULL; /* node is the first member */
 }
 
-int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp,
-                     int kind, int md, uint8_t *out, size_t len)
+int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                     int md, uint8_t *out, size_t len)
 {
     struct ent *e;
     int hit = 0;
@@ -107,8 +107,8 @@ int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uin
     return hit;
 }
 
-void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp,
-                      int kind, int md, const uint8_t *val, size_t len)
+void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                      int md, const uint8_t *val, size_t len)
 {
     struct ent *e;
 

@@ -28,10 +28,10 @@ void p11psk_cache_free(p11psk_cache *c);
 /* Copies a fresh entry's value (len bytes) to out: 1 on a hit. fp: the key's current value
  * fingerprint (P11PSK_CACHE_FP_LEN bytes); an entry stored under another one is dropped.
  * fp NULL (no fingerprint known): always a miss, and put stores nothing. */
-int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp,
-                     int kind, int md, uint8_t *out, size_t len);
-void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp,
-                      int kind, int md, const uint8_t *val, size_t len);
+int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                     int md, uint8_t *out, size_t len);
+void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                      int md, const uint8_t *val, size_t len);
 /* Drops every entry of one key (idlen > 0) or all entries (id NULL). Returns the count. */
 size_t p11psk_cache_flush(p11psk_cache *c, const uint8_t *id, size_t idlen);
 

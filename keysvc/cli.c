@@ -783,8 +783,8 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     if (newk.readable != old.readable)
         printf("the key is now %s\n",
                newk.readable ? "readable by p11pskd" : "sensitive and non-extractable");
-    rc = p11psk_cli_flush(cfg, &newk, "the key was rotated in the token") ? 0
-                                                                           : P11PSK_EXIT_NOT_TOLD;
+    rc =
+        p11psk_cli_flush(cfg, &newk, "the key was rotated in the token") ? 0 : P11PSK_EXIT_NOT_TOLD;
 out:
     if (val != NULL)
         OPENSSL_secure_clear_free(val, P11PSK_KEY_LEN_MAX);

@@ -211,9 +211,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
              "unknown key '%s'; known keys: module, p11-kit-server-address, token, pin-source, "
              "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
-             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, revalidate-ms, allow, "
-             "allow-status, "
-             "allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
+             "request-timeout-ms, busy-poll-us, cache, cache-ttl, cache-size, revalidate-ms, "
+             "allow, allow-status, allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
 }

@@ -294,8 +294,8 @@ int p11psk_ladder_tls12_prf(p11psk_ladder *lad, p11psk_token *tok, const p11psk_
          * PSK the premaster depends on the PSK alone: cacheable. */
         int plain = p11psk_buf_is_zero(other, otherlen);
 
-        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key_fp(key), P11PSK_CACHE_PMH,
-                                      md, hsec, p11psk_md_size(md))) {
+        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key_fp(key),
+                                      P11PSK_CACHE_PMH, md, hsec, p11psk_md_size(md))) {
             *step = P11PSK_STEP_CACHE;
         } else {
             st = digest_prefix_key(lad, tok, key, md, head, headlen, hsec, step, err);

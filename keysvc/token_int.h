@@ -47,8 +47,9 @@ struct p11psk_token {
     unsigned long recoveries;
 
     pthread_rwlock_t cachelock;
-    p11psk_htable ids;    /* CKA_ID -> key, see token_objects.c */
-    long long scanned_ms; /* last full scan (under lock) */
+    p11psk_htable ids;     /* CKA_ID -> key, see token_objects.c */
+    unsigned long ids_gen; /* bumped whenever entries are dropped (under cachelock) */
+    long long scanned_ms;  /* last full scan (under lock) */
     unsigned long scans;
 
     /* Re-validation of the table's entries (token_objects.c). vallock guards the entries'

@@ -24,10 +24,10 @@
 static const uint8_t FP_PREFIX[] = "p11psk key fingerprint 1";
 
 struct id_ent {
-    p11psk_hnode node; /* keyed by key.id */
-    p11psk_key key;    /* key.fp: the value last confirmed, kept across rescans */
-    unsigned long scan; /* the full scan that wrote it (0: a single lookup) */
-    int clash;          /* that scan saw this CKA_ID twice: never answered from here */
+    p11psk_hnode node;      /* keyed by key.id */
+    p11psk_key key;         /* key.fp: the value last confirmed, kept across rescans */
+    unsigned long scan;     /* the full scan that wrote it (0: a single lookup) */
+    int clash;              /* that scan saw this CKA_ID twice: never answered from here */
     long long validated_ms; /* when the token last confirmed key.fp (vallock) */
     int validating;         /* a thread is confirming it now (vallock) */
 };
@@ -62,6 +62,7 @@ static int unlink_all(p11psk_hnode *n, void *arg)
 void token_ids_clear(p11psk_token *tok)
 {
     pthread_rwlock_wrlock(&tok->cachelock);
+    tok->ids_gen++;
     p11psk_htable_unlink_if(&tok->ids, unlink_all, NULL);
     pthread_rwlock_unlock(&tok->cachelock);
 }
@@ -97,12 +98,14 @@ enum { LOOK_MISS, LOOK_FRESH, LOOK_CHECK };
 /* Copies the table's entry for id to key. LOOK_FRESH: validated less than revalidate-ms
  * ago, or another thread is validating it right now; LOOK_CHECK: the caller validates it
  * (it has claimed the entry, or the entry has no fingerprint yet). */
-static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key)
+static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                      unsigned long *gen)
 {
     struct id_ent *e;
     int r = LOOK_MISS;
 
     pthread_rwlock_rdlock(&tok->cachelock);
+    *gen = tok->ids_gen;
     if ((e = ids_find(tok, id, idlen)) != NULL) {
         *key = e->key;
         pthread_mutex_lock(&tok->vallock);
@@ -121,12 +124,17 @@ static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk
 }
 
 /* Records a validated key (fp set) as its CKA_ID's entry, or with k NULL only releases the
- * claim of a validation that failed, so that the next request tries again. */
-static void ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k)
+ * claim of a validation that failed, so that the next request tries again. gen: the table
+ * generation the validation started in; when entries were dropped since (a FLUSH from
+ * `p11psk rm` in between), what it saw may be gone already, so it is not recorded. */
+static void ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k,
+                          unsigned long gen)
 {
     struct id_ent *e;
 
     pthread_rwlock_wrlock(&tok->cachelock);
+    if (k != NULL && tok->ids_gen != gen)
+        k = NULL;
     if ((e = ids_find(tok, id, idlen)) == NULL && k != NULL)
         e = ids_add(tok, k); /* out of memory: no entry is only slower */
     if (e != NULL) {
@@ -151,6 +159,7 @@ void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
     struct id_ent *e;
 
     pthread_rwlock_wrlock(&tok->cachelock);
+    tok->ids_gen++;
     if (id == NULL) {
         p11psk_htable_unlink_if(&tok->ids, unlink_any, NULL);
     } else if ((e = ids_find(tok, id, idlen)) != NULL) {
@@ -354,18 +363,22 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
     struct find_arg a = {t, 1, NULL, 0};
     struct id_ent *e;
-    unsigned long scan;
+    unsigned long scan, gen;
     size_t i, n = 0, clashes = 0;
     int st;
 
     pthread_mutex_lock(&tok->lock);
     tok->scanned_ms = p11psk_mono_ms();
     pthread_mutex_unlock(&tok->lock);
+    pthread_rwlock_rdlock(&tok->cachelock);
+    gen = tok->ids_gen;
+    pthread_rwlock_unlock(&tok->cachelock);
     if ((st = token_with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;
     pthread_rwlock_wrlock(&tok->cachelock);
     scan = ++tok->scans;
-    for (i = 0; i < a.n; i++) {
+    /* Entries dropped during the scan (a FLUSH) may be in it: keep none of it. */
+    for (i = 0; tok->ids_gen == gen && i < a.n; i++) {
         p11psk_key *k = &a.keys[i];
 
         if (!token_key_type_ok(k->type) || k->idlen == 0 || k->idlen > P11PSK_ID_MAX ||
@@ -497,8 +510,7 @@ static int fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
 
 /* The token's current key for id with its fingerprint: the object we know if it still has
  * this CKA_ID, else a fresh search. */
-static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *cur,
-                       p11psk_err *err)
+static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *cur, p11psk_err *err)
 {
     struct check_arg a = {known, 0};
     int st;
@@ -516,7 +528,7 @@ static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *c
 
 /* Confirms key (a copy of the table's entry) against the token; on success key is what to
  * serve. A key gone (or now ambiguous) or with another value goes to p11psk_keys_changed. */
-static int revalidate(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
+static int revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11psk_err *err)
 {
     uint8_t id[P11PSK_KEY_ID_MAX];
     size_t idlen = key->idlen;
@@ -526,7 +538,7 @@ static int revalidate(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
     memcpy(id, key->id, idlen);
     st = current_key(tok, key, &cur, err);
     if (st == P11PSK_ST_TOKEN || st == P11PSK_ST_UNAVAILABLE || st == P11PSK_ST_INTERNAL) {
-        ids_validated(tok, id, idlen, NULL); /* the token could not say: ask it next time */
+        ids_validated(tok, id, idlen, NULL, gen); /* the token could not say: ask next time */
         OPENSSL_cleanse(&cur, sizeof(cur));
         return st;
     }
@@ -543,9 +555,10 @@ static int revalidate(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
                             : st != P11PSK_ST_OK      ? "no longer usable"
                                                       : "value changed in the token");
         *err = keep;
+        gen++; /* our own forget: what we found is current */
     }
     if (st == P11PSK_ST_OK)
-        ids_validated(tok, id, idlen, &cur);
+        ids_validated(tok, id, idlen, &cur, gen);
     *key = cur;
     OPENSSL_cleanse(&cur, sizeof(cur));
     return st;
@@ -554,23 +567,24 @@ static int revalidate(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
 int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
                          p11psk_err *err)
 {
+    unsigned long gen;
     int r, st;
 
     if (idlen == 0 || idlen > P11PSK_ID_MAX)
         return p11psk_err_set(err, P11PSK_ST_BAD_HANDLE, "bad key id length %zu", idlen);
-    r = ids_lookup(tok, id, idlen, key);
+    r = ids_lookup(tok, id, idlen, key, &gen);
     if (r == LOOK_MISS && rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK)
-        r = ids_lookup(tok, id, idlen, key);
+        r = ids_lookup(tok, id, idlen, key, &gen);
     if (r == LOOK_FRESH)
         return P11PSK_ST_OK;
     if (r == LOOK_CHECK)
-        return revalidate(tok, key, err);
+        return revalidate(tok, key, gen, err);
     if ((st = search_id(tok, id, idlen, key, err)) != P11PSK_ST_OK)
         return st;
     if ((st = fingerprint(tok, key, err)) != P11PSK_ST_OK)
         return st;
     /* Another thread may have added it meanwhile: then this validation refreshes it. */
-    ids_validated(tok, id, idlen, key);
+    ids_validated(tok, id, idlen, key, gen);
     return P11PSK_ST_OK;
 }
 

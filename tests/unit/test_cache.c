@@ -43,11 +43,13 @@ START_TEST(hit_after_put)
     ck_assert_ptr_nonnull(c);
     fill(v, sizeof(v), 7);
     ck_assert_int_eq(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(11), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32), 0);
+        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(11), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32),
+        0);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(11), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
     memset(out, 0, sizeof(out));
     ck_assert_int_eq(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(11), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32), 1);
+        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(11), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32),
+        1);
     ck_assert_mem_eq(out, v, 32);
     ck_assert_uint_eq(stats(c).hits, 1);
     ck_assert_uint_eq(stats(c).misses, 1);
@@ -71,8 +73,8 @@ START_TEST(entries_are_distinct)
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, v2, 32);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA384, v3, 48);
     ck_assert_uint_eq(stats(c).entries, 3);
-    ck_assert(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
+    ck_assert(p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_PMH, P11PSK_MD_SHA256,
+                               out, 32));
     ck_assert_mem_eq(out, v2, 32);
     ck_assert(
         p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA384, out, 48));
@@ -81,8 +83,8 @@ START_TEST(entries_are_distinct)
         p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     ck_assert_mem_eq(out, v1, 32);
     /* Another CKA_ID, and a prefix of the cached one, miss. */
-    ck_assert(
-        !p11psk_cache_get(c, ID_B, sizeof(ID_B), fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_B, sizeof(ID_B), fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert(!p11psk_cache_get(c, ID_A, 3, fp(5), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     p11psk_cache_free(c);
 }
@@ -100,19 +102,19 @@ START_TEST(other_fingerprint_misses)
     fill(v, sizeof(v), 9);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(100), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
     memset(out, 0xee, sizeof(out));
-    ck_assert_int_eq(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(101), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32),
-        0);
+    ck_assert_int_eq(p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(101), P11PSK_CACHE_ES,
+                                      P11PSK_MD_SHA256, out, 32),
+                     0);
     ck_assert_uint_eq(stats(c).hits, 0);
     ck_assert_uint_eq(stats(c).misses, 1);
     /* The new object's value replaces the old one's. */
     fill(v, sizeof(v), 0x40);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(101), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(101), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(101), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                               out, 32));
     ck_assert_mem_eq(out, v, 32);
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(100), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(100), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert_uint_le(stats(c).entries, 1);
     p11psk_cache_free(c);
 }
@@ -125,8 +127,8 @@ START_TEST(other_length_misses)
 
     fill(v, sizeof(v), 9);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 48));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 48));
     p11psk_cache_free(c);
 }
 END_TEST
@@ -141,8 +143,8 @@ START_TEST(overwrite_keeps_one_entry)
     fill(v, sizeof(v), 0x80);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, v, 32);
     ck_assert_uint_eq(stats(c).entries, 1);
-    ck_assert(
-        p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
+    ck_assert(p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_PMH, P11PSK_MD_SHA256,
+                               out, 32));
     ck_assert_mem_eq(out, v, 32);
     p11psk_cache_free(c);
 }
@@ -159,8 +161,8 @@ START_TEST(ttl_expiry)
     ck_assert(
         p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     nanosleep(&ts, NULL); /* the TTL is whole seconds */
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert_uint_eq(stats(c).entries, 0); /* the expired entry is gone, not just hidden */
     ck_assert_uint_eq(stats(c).hits, 1);
     ck_assert_uint_eq(stats(c).misses, 1);
@@ -187,7 +189,8 @@ START_TEST(capacity_bounded)
     for (int i = 0; i < PUT; i++) {
         id[0] = 0xc0;
         id[1] = (uint8_t)i;
-        hits += p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32);
+        hits +=
+            p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32);
     }
     ck_assert_int_eq(hits, MAX);
 
@@ -203,13 +206,15 @@ START_TEST(capacity_bounded)
     id[1] = 0x10;
     p11psk_cache_put(c, id, sizeof(id), fp(2), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
     ck_assert_uint_eq(stats(c).entries, MAX);
-    ck_assert(p11psk_cache_get(c, id, sizeof(id), fp(2), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(
+        p11psk_cache_get(c, id, sizeof(id), fp(2), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     /* Flushing one key makes room for a new one. */
     ck_assert_uint_eq(p11psk_cache_flush(c, id, sizeof(id)), 1);
     ck_assert_uint_eq(stats(c).entries, MAX - 1);
     id[1] = 0x7f;
     p11psk_cache_put(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(
+        p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     ck_assert_uint_eq(stats(c).entries, MAX);
     p11psk_cache_free(c);
 }
@@ -229,10 +234,10 @@ START_TEST(flush_one_key)
     /* Every kind and digest of the key goes; the key that shares a prefix stays. */
     ck_assert_uint_eq(p11psk_cache_flush(c, ID_A, sizeof(ID_A)), 3);
     ck_assert_uint_eq(stats(c).entries, 1);
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_PMH, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert(
         p11psk_cache_get(c, ID_B, sizeof(ID_B), fp(2), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     ck_assert_uint_eq(p11psk_cache_flush(c, ID_A, sizeof(ID_A)), 0);
@@ -251,7 +256,8 @@ START_TEST(disabled_stores_nothing)
     fill(v, sizeof(v), 1);
     for (int i = 0; i < 2; i++) {
         ck_assert_ptr_nonnull(off[i]);
-        p11psk_cache_put(off[i], ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
+        p11psk_cache_put(off[i], ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v,
+                         32);
         ck_assert(!p11psk_cache_get(off[i], ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES,
                                     P11PSK_MD_SHA256, out, 32));
         ck_assert_uint_eq(stats(off[i]).entries, 0);
@@ -270,14 +276,15 @@ START_TEST(bad_input_ignored)
     memset(id, 0x11, sizeof(id));
     fill(v, sizeof(v), 1);
     p11psk_cache_put(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(!p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(
+        !p11psk_cache_get(c, id, sizeof(id), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 64);
     ck_assert_uint_eq(stats(c).entries, 0);
     p11psk_cache_free(c);
     /* A NULL cache (allocation failed, or cache = off) is a cache that misses. */
     p11psk_cache_put(NULL, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(
-        !p11psk_cache_get(NULL, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(NULL, ID_A, sizeof(ID_A), fp(1), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert_uint_eq(p11psk_cache_flush(NULL, NULL, 0), 0);
     p11psk_cache_get_stats(NULL, &st);
     ck_assert_uint_eq(st.entries + st.hits + st.misses + st.max_entries, 0);
@@ -296,12 +303,12 @@ START_TEST(fingerprint_last_byte_counts)
     f2[sizeof(f2) - 1] ^= 1;
     fill(v, sizeof(v), 0x21);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), f1, P11PSK_CACHE_PMH, P11PSK_MD_SHA256, v, 32);
-    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), f2, P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out,
-                                32));
+    ck_assert(
+        !p11psk_cache_get(c, ID_A, sizeof(ID_A), f2, P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
     /* The mismatch dropped the entry: the old fingerprint finds nothing either. */
     ck_assert_uint_eq(stats(c).entries, 0);
-    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), f1, P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out,
-                                32));
+    ck_assert(
+        !p11psk_cache_get(c, ID_A, sizeof(ID_A), f1, P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
     p11psk_cache_free(c);
 }
 END_TEST
@@ -335,12 +342,12 @@ START_TEST(stale_fingerprint_dropped_for_every_kind)
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(7), P11PSK_CACHE_ES, P11PSK_MD_SHA384, v, 48);
     p11psk_cache_put(c, ID_A, sizeof(ID_A), fp(7), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, v, 32);
     p11psk_cache_put(c, ID_B, sizeof(ID_B), fp(9), P11PSK_CACHE_ES, P11PSK_MD_SHA256, v, 32);
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_ES, P11PSK_MD_SHA384, out, 48));
-    ck_assert(
-        !p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_PMH, P11PSK_MD_SHA256, out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_ES, P11PSK_MD_SHA256,
+                                out, 32));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_ES, P11PSK_MD_SHA384,
+                                out, 48));
+    ck_assert(!p11psk_cache_get(c, ID_A, sizeof(ID_A), fp(8), P11PSK_CACHE_PMH, P11PSK_MD_SHA256,
+                                out, 32));
     ck_assert_uint_eq(stats(c).entries, 1); /* only the other key's */
     ck_assert(
         p11psk_cache_get(c, ID_B, sizeof(ID_B), fp(9), P11PSK_CACHE_ES, P11PSK_MD_SHA256, out, 32));
