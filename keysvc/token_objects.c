@@ -5,6 +5,7 @@
  * label search the CLI lists keys with.
  */
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -495,14 +496,50 @@ static int op_check(p11psk_token *tok, CK_SESSION_HANDLE sess, void *varg, p11ps
     return P11PSK_ST_TOKEN;
 }
 
-/* key->fp = the fingerprint of key's value, computed in the token (C_DigestKey). A
- * destroyed object gives P11PSK_ST_NOT_FOUND. */
+/* The token cannot digest this key (some refuse C_DigestKey on secret keys). */
+static int digest_refused(const p11psk_err *err)
+{
+    return err->status == P11PSK_ST_TOKEN &&
+           (err->ckr == CKR_FUNCTION_NOT_SUPPORTED || err->ckr == CKR_KEY_INDIGESTIBLE ||
+            err->ckr == CKR_KEY_FUNCTION_NOT_PERMITTED || err->ckr == CKR_MECHANISM_INVALID ||
+            err->ckr == CKR_KEY_TYPE_INCONSISTENT);
+}
+
+/* The same fingerprint in software, from a readable key's value. */
+static int fingerprint_sw(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
+{
+    uint8_t *val;
+    size_t vlen;
+    unsigned int outlen = 0;
+    EVP_MD_CTX *c;
+    int st, ok;
+
+    if ((st = p11psk_token_key_value(tok, key, &val, &vlen, err)) != P11PSK_ST_OK)
+        return st;
+    ok = (c = EVP_MD_CTX_new()) != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) &&
+         EVP_DigestUpdate(c, FP_PREFIX, sizeof(FP_PREFIX) - 1) && EVP_DigestUpdate(c, val, vlen) &&
+         EVP_DigestFinal_ex(c, key->fp, &outlen) && outlen == sizeof(key->fp);
+    EVP_MD_CTX_free(c);
+    OPENSSL_secure_clear_free(val, vlen);
+    return ok ? P11PSK_ST_OK : p11psk_err_set(err, P11PSK_ST_INTERNAL, "SHA-256 failed");
+}
+
+/* key->fp = the fingerprint of key's value, computed in the token (C_DigestKey), or in
+ * software for a readable key the token will not digest. A destroyed object gives
+ * P11PSK_ST_NOT_FOUND. A key with no fingerprint at all (not digestible, not readable) is
+ * still served, never from the cache (fp_ok stays 0), and checked on every request. */
 static int fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
 {
     int st = p11psk_token_digest_key(tok, P11PSK_MD_SHA256, FP_PREFIX, sizeof(FP_PREFIX) - 1, key,
                                      key->fp, err);
 
+    if (st == P11PSK_ST_TOKEN && digest_refused(err))
+        st = key->readable ? fingerprint_sw(tok, key, err) : P11PSK_ST_NEED_READABLE;
     key->fp_ok = st == P11PSK_ST_OK;
+    if (st == P11PSK_ST_NEED_READABLE) {
+        OPENSSL_cleanse(key->fp, sizeof(key->fp));
+        return P11PSK_ST_OK;
+    }
     if (st == P11PSK_ST_TOKEN && p11psk_ckr_stale_handle(err->ckr))
         return P11PSK_ST_NOT_FOUND;
     return st;
@@ -542,7 +579,8 @@ static int revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11
         OPENSSL_cleanse(&cur, sizeof(cur));
         return st;
     }
-    changed = known && (st != P11PSK_ST_OK || CRYPTO_memcmp(cur.fp, key->fp, sizeof(cur.fp)));
+    changed = known && (st != P11PSK_ST_OK || !cur.fp_ok ||
+                        CRYPTO_memcmp(cur.fp, key->fp, sizeof(cur.fp)) != 0);
     pthread_mutex_lock(&tok->vallock);
     tok->revalidations += known;
     tok->changes += changed;
