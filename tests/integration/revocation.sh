@@ -168,8 +168,8 @@ other_tool_round() {
     p11tool --delete-object --type secrkey --id "$idb"
     write_key "$lb" "$idb" "$newb"
     tb=$(now_ms)
-    # Run on for the bound plus 400 ms, so that the end shows the settled state.
-    loop_stop $((tb + reval + 700)) "$p1" "$p2" "$p3"
+    # Run on past the bound (below) by 200 ms, so that the end shows the settled state.
+    loop_stop $((tb + reval + 500)) "$p1" "$p2" "$p3"
     da=$(delay_after "$T/del.out" "$ta" ok)
     db_old=$(delay_after "$T/old.out" "$tb" ok)
     db_new=$(delay_after "$T/new.out" "$tb" fail)
