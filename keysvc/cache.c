@@ -19,7 +19,7 @@ struct ent {
     p11psk_hnode node;
     uint8_t k[K_ID + P11PSK_ID_MAX];
     uint8_t len;
-    CK_OBJECT_HANDLE obj;
+    uint8_t fp[P11PSK_CACHE_FP_LEN]; /* the key value this entry was derived from */
     long long expires_ms;
     uint8_t val[VAL_MAX];
 };
@@ -80,18 +80,19 @@ static struct ent *find(p11psk_cache *c, const uint8_t *id, size_t idlen, int ki
     return n != NULL ? (struct ent *)n : NULL; /* node is the first member */
 }
 
-int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT_HANDLE obj,
-                     int kind, int md, uint8_t *out, size_t len)
+int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                     int md, uint8_t *out, size_t len)
 {
     struct ent *e;
     int hit = 0;
 
-    if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX)
+    if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX || fp == NULL)
         return 0;
     pthread_mutex_lock(&c->lock);
     if ((e = find(c, id, idlen, kind, md)) != NULL) {
-        if (e->obj != obj || e->len != len || e->expires_ms <= p11psk_mono_ms()) {
-            p11psk_htable_remove(&c->t, &e->node); /* another object (rotated) or expired */
+        if (CRYPTO_memcmp(e->fp, fp, sizeof(e->fp)) != 0 || e->len != len ||
+            e->expires_ms <= p11psk_mono_ms()) {
+            p11psk_htable_remove(&c->t, &e->node); /* another key value, or expired */
             ent_free(e);
         } else {
             memcpy(out, e->val, len);
@@ -106,12 +107,12 @@ int p11psk_cache_get(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT
     return hit;
 }
 
-void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJECT_HANDLE obj,
-                      int kind, int md, const uint8_t *val, size_t len)
+void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, const uint8_t *fp, int kind,
+                      int md, const uint8_t *val, size_t len)
 {
     struct ent *e;
 
-    if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX || len > VAL_MAX)
+    if (c == NULL || c->max == 0 || idlen > P11PSK_ID_MAX || len > VAL_MAX || fp == NULL)
         return;
     pthread_mutex_lock(&c->lock);
     if ((e = find(c, id, idlen, kind, md)) == NULL) {
@@ -124,7 +125,7 @@ void p11psk_cache_put(p11psk_cache *c, const uint8_t *id, size_t idlen, CK_OBJEC
         e->node.keylen = key_make(e->k, id, idlen, kind, md);
         p11psk_htable_insert(&c->t, &e->node);
     }
-    e->obj = obj;
+    memcpy(e->fp, fp, sizeof(e->fp));
     e->len = (uint8_t)len;
     memcpy(e->val, val, len);
     e->expires_ms = p11psk_mono_ms() + (long long)c->ttl_s * 1000;

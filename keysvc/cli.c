@@ -114,6 +114,11 @@ static const char usage_rm[] =
     "\n"
     "  -y, --yes  remove without asking\n"
     "\n"
+    "Then p11pskd is told at once (FLUSH) to stop serving the key (root, p11pskd's user,\n"
+    "or allow-admin). Exit status: 0 done and p11pskd told; 1 failure; 2 usage error;\n"
+    "3 removed from the token, but p11pskd could not be told (it notices within its\n"
+    "revalidate-ms).\n"
+    "\n"
     "ID may also be a pkcs11: URI (object= the identity; id= picks one CKA_ID).\n";
 
 static const char usage_rotate[] =
@@ -124,7 +129,9 @@ static const char usage_rotate[] =
     "valid and applications need no change. The new key is created before the old one is\n"
     "destroyed, so the identity never lacks a key. Then a running p11pskd is told to drop\n"
     "its cached values for the key (root, p11pskd's user, or allow-admin). Peers that hold\n"
-    "the raw key need the new value too.\n"
+    "the raw key need the new value too. Exit status: 0 done and p11pskd told; 1 failure;\n"
+    "2 usage error; 3 rotated in the token, but p11pskd could not be told (it notices\n"
+    "within its revalidate-ms).\n"
     "\n"
     "  --generate N     let the token generate N random bytes (16..512; default: the\n"
     "                   current key's length); this is the default\n"
@@ -492,7 +499,7 @@ int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp,
     return m->code;
 }
 
-int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k)
+int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k, const char *done)
 {
     uint8_t hb[P11PSK_HANDLE_LEN], resp[P11PSK_WIRE_MAX];
     char why[400], info[128];
@@ -510,24 +517,23 @@ int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k)
     p11psk_frame_start(&req, P11PSK_OP_FLUSH);
     p11psk_frame_add(&req, P11PSK_T_HANDLE, hb, sizeof(hb));
     st = p11psk_cli_daemon_call(cfg->socket, &req, resp, &m, why, sizeof(why));
-    if (st < 0) {
-        fprintf(stderr,
-                "p11psk: note: cannot tell p11pskd to drop its cached values for '%s' (%s). "
-                "Nothing to do if p11pskd is not running; otherwise its cached values expire "
-                "after cache-ttl, or restart it\n",
-                k->label, why);
-        return 0;
+    if (st >= 0 && st != P11PSK_ST_OK) {
+        char msg[300];
+
+        p11psk_msg_str(&m, P11PSK_T_MSG, msg, sizeof(msg));
+        snprintf(why, sizeof(why), "refused: %s: %s", p11psk_status_str(st), msg);
     }
     if (st != P11PSK_ST_OK) {
-        p11psk_msg_str(&m, P11PSK_T_MSG, why, sizeof(why));
         fprintf(stderr,
-                "p11psk: note: p11pskd refused to drop its cached values for '%s': %s: %s. "
-                "They expire after cache-ttl, or restart p11pskd\n",
-                k->label, p11psk_status_str(st), why);
+                "p11psk: %s ('%s') but p11pskd at %s could not be told: %s; it stops serving "
+                "the old key within revalidate-ms (%u ms)\n",
+                done, k->label, cfg->socket, why, cfg->revalidate_ms);
         return 0;
     }
     p11psk_msg_str(&m, P11PSK_T_INFO, info, sizeof(info));
-    printf("p11pskd dropped its cached values for '%s' (%s)\n", k->label, info);
+    /* The answer says "flushed N". */
+    printf("p11pskd flushed %s cached values for '%s'\n",
+           strncmp(info, "flushed ", 8) == 0 ? info + 8 : "?", k->label);
     return 1;
 }
 
@@ -872,7 +878,7 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
     p11psk_key *keys = NULL;
     p11psk_err err;
     size_t n = 0, i;
-    int opt, rc = 1, yes = 0;
+    int opt, rc = 1, yes = 0, not_told = 0;
 
     optind = 0;
     while ((opt = getopt_long(argc, argv, "yh", opts, NULL)) != -1) {
@@ -915,8 +921,12 @@ static int cmd_rm(const p11psk_config *cfg, int argc, char **argv)
         if (keys[i].not_after[0] != '\0') /* its end date mirror, where there is one */
             p11psk_token_mirror_end_date(tok, &keys[i], NULL, &err);
         printf("removed %s (%zu bytes)\n", uri, keys[i].len);
-        p11psk_cli_flush(cfg, &keys[i]); /* p11pskd and providers drop what they hold */
+        /* Synchronous: when rm returns 0, p11pskd no longer serves the key. */
+        if (!p11psk_cli_flush(cfg, &keys[i], "the key was removed from the token"))
+            not_told = 1;
     }
+    if (rc == 0 && not_told)
+        rc = P11PSK_EXIT_NOT_TOLD;
 out:
     free(keys);
     p11psk_token_close(tok);
@@ -1162,8 +1172,8 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     if (strcmp(newk.not_after, old.not_after) != 0 && newk.not_after[0] == '\0')
         printf("the key no longer expires (was: %s)\n", old.not_after);
     note_expiry(&newk);
-    p11psk_cli_flush(cfg, &newk);
-    rc = 0;
+    rc =
+        p11psk_cli_flush(cfg, &newk, "the key was rotated in the token") ? 0 : P11PSK_EXIT_NOT_TOLD;
 out:
     if (val != NULL)
         OPENSSL_secure_clear_free(val, P11PSK_KEY_LEN_MAX);

@@ -43,9 +43,15 @@ int p11psk_cli_id_token_ok(const p11psk_id_arg *ia, const char *token_label);
  * (P11PSK_ST_*), or a P11PSK_CALL_* (< 0) with why set. resp: P11PSK_WIRE_MAX bytes. */
 int p11psk_cli_daemon_call(const char *socket, p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                            char *why, size_t whylen);
-/* Tells a running p11pskd to drop what it cached about key k (FLUSH), after its key
- * material changed. Reports on stdout, or a note on stderr; returns 1 if flushed. */
-int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k);
+/* Exit status of rm, rotate and migrate --replace when the token change was made but
+ * p11pskd could not be told (FLUSH): it notices within revalidate-ms. */
+#define P11PSK_EXIT_NOT_TOLD 3
+
+/* Tells p11pskd synchronously that key k was removed or replaced (FLUSH), after done
+ * ("the key was removed from the token", ...) happened. Prints how many cached values it
+ * dropped, or on stderr why it could not be told; returns 1 if told (or a key without a
+ * handle, which p11pskd cannot serve), else 0. */
+int p11psk_cli_flush(const p11psk_config *cfg, const p11psk_key *k, const char *done);
 /* Writes s as a JSON string, quotes included. */
 void p11psk_cli_json_str(FILE *f, const char *s);
 

@@ -34,6 +34,7 @@ typedef struct p11psk_config {
     unsigned cache_ttl_s;
     unsigned cache_size;            /* entries */
     unsigned metrics_top_keys;      /* keys with usage counters in STATUS; 0: none */
+    unsigned revalidate_ms;         /* cached keys are re-checked in the token this often */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

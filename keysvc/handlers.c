@@ -148,8 +148,8 @@ static int with_key(server *s, conn *c, const p11psk_msg *m, int want_type, key_
             st = P11PSK_ST_POLICY;
         }
         if (st == P11PSK_ST_TOKEN && p11psk_ckr_stale_handle(o->err.ckr) && attempt == 0) {
-            p11psk_token_forget(s->tok, key.id, key.idlen);
-            p11psk_keys_changed(); /* the object went away: the key may have been replaced */
+            /* The object went away: the key may have been replaced. */
+            p11psk_keys_changed(s->tok, key.id, key.idlen, "object handle went stale");
             continue;
         }
         OPENSSL_cleanse(&key, sizeof(key));
@@ -288,7 +288,7 @@ static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, 
     int rc;
 
     if (!hf->present) { /* every key */
-        n = p11psk_cache_flush(s->cache, NULL, 0);
+        n = p11psk_keys_changed(s->tok, NULL, 0, "flush requested");
         snprintf(o->ident, sizeof(o->ident), "*");
         rc = handlers_handlekey_load(s, 0);
         snprintf(msg, sizeof(msg), "flushed %zu; handle key %s", n,
@@ -299,13 +299,12 @@ static int h_flush(server *s, conn *c, const p11psk_msg *m, p11psk_frame *resp, 
         if (h.type != P11PSK_HT_PSK)
             return outcome_fail(o, P11PSK_ST_BAD_HANDLE, "FLUSH takes a PSK handle");
         p11psk_hex_encode(h.id, h.idlen, o->ident);
-        n = p11psk_cache_flush(s->cache, h.id, h.idlen);
-        p11psk_token_forget(s->tok, h.id, h.idlen); /* the object may have changed too */
+        n = p11psk_keys_changed(s->tok, h.id, h.idlen, "flush requested");
         snprintf(msg, sizeof(msg), "flushed %zu", n);
     }
-    /* Before the answer: when `p11psk rotate` or `rm` returns, every provider on this host
-     * has been told to drop its binder keys. */
-    p11psk_keys_changed();
+    /* p11psk_keys_changed moved the generation page on before this answer: when `p11psk
+     * rotate` or `rm` returns, every provider on this host has been told to drop its binder
+     * keys. */
     p11psk_frame_add_str(resp, P11PSK_T_INFO, msg);
     return P11PSK_ST_OK;
 }

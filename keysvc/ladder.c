@@ -23,6 +23,12 @@ struct p11psk_ladder {
     p11psk_cache *cache;
 };
 
+/* What cached values are keyed by; a key without a fingerprint is never cached. */
+static const uint8_t *key_fp(const p11psk_key *key)
+{
+    return key->fp_ok ? key->fp : NULL;
+}
+
 void p11psk_ladder_set_cache(p11psk_ladder *lad, p11psk_cache *cache)
 {
     lad->cache = cache;
@@ -142,7 +148,7 @@ int p11psk_ladder_tls13_early(p11psk_ladder *lad, p11psk_token *tok, const p11ps
     *step = P11PSK_STEP_NONE;
     if (!md_ok(md, err))
         return err->status;
-    if (p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_ES, md, es_out,
+    if (p11psk_cache_get(lad->cache, key->id, key->idlen, key_fp(key), P11PSK_CACHE_ES, md, es_out,
                          hs)) {
         *step = P11PSK_STEP_CACHE;
         return P11PSK_ST_OK;
@@ -156,7 +162,7 @@ int p11psk_ladder_tls13_early(p11psk_ladder *lad, p11psk_token *tok, const p11ps
     }
     OPENSSL_cleanse(inner, sizeof(inner));
     if (st == P11PSK_ST_OK)
-        p11psk_cache_put(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_ES, md, es_out,
+        p11psk_cache_put(lad->cache, key->id, key->idlen, key_fp(key), P11PSK_CACHE_ES, md, es_out,
                          hs);
     return st;
 }
@@ -288,15 +294,15 @@ int p11psk_ladder_tls12_prf(p11psk_ladder *lad, p11psk_token *tok, const p11psk_
          * PSK the premaster depends on the PSK alone: cacheable. */
         int plain = p11psk_buf_is_zero(other, otherlen);
 
-        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_PMH,
-                                      md, hsec, p11psk_md_size(md))) {
+        if (plain && p11psk_cache_get(lad->cache, key->id, key->idlen, key_fp(key),
+                                      P11PSK_CACHE_PMH, md, hsec, p11psk_md_size(md))) {
             *step = P11PSK_STEP_CACHE;
         } else {
             st = digest_prefix_key(lad, tok, key, md, head, headlen, hsec, step, err);
             if (st != P11PSK_ST_OK)
                 goto out;
             if (plain)
-                p11psk_cache_put(lad->cache, key->id, key->idlen, key->obj, P11PSK_CACHE_PMH, md,
+                p11psk_cache_put(lad->cache, key->id, key->idlen, key_fp(key), P11PSK_CACHE_PMH, md,
                                  hsec, p11psk_md_size(md));
         }
         secret = hsec;

@@ -46,7 +46,10 @@ const char p11psk_usage_migrate[] =
     "  --backup BACKUP   first save the original file, raw keys included, as BACKUP (mode\n"
     "                    0600, must not exist). Without it no copy of the raw keys is kept.\n"
     "  --readable        create the keys readable by p11pskd (needed only for TLS 1.2 with\n"
-    "                    keys shorter than 31 bytes); default: sensitive, non-extractable\n";
+    "                    keys shorter than 31 bytes); default: sensitive, non-extractable\n"
+    "\n"
+    "Exit status: 0 done; 1 failure; 2 usage error; 3 done, but p11pskd could not be told\n"
+    "(FLUSH) about keys --replace changed (it notices within its revalidate-ms).\n";
 
 enum fmt { FMT_STUNNEL, FMT_MOSQUITTO };
 
@@ -565,7 +568,7 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *backup = NULL;
-    int opt, dry = 0, replace = 0, readable = 0, rc = 1, nfiles = 0;
+    int opt, dry = 0, replace = 0, readable = 0, rc = 1, nfiles = 0, not_told = 0;
     size_t i, counts[ACT_SAME + 1] = {0}, shortkeys = 0;
     p11psk_token *tok = NULL;
     psk_file pf;
@@ -672,8 +675,9 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
         printf("%s:%zu: %s: %s %s\n", pf.path, i + 1, l->ident,
                l->act == ACT_IMPORT ? "imported as" : "replaced", uri);
         /* A replaced key keeps its CKA_ID: p11pskd must drop what it derived from the old. */
-        if (l->act == ACT_REPLACE)
-            p11psk_cli_flush(cfg, &l->tokkey);
+        if (l->act == ACT_REPLACE &&
+            !p11psk_cli_flush(cfg, &l->tokkey, "the key was replaced in the token"))
+            not_told = 1;
     }
     printf("rewrote %s (%s) with handles: %zu imported, %zu replaced, %zu reused, %zu already "
            "handles\n",
@@ -685,7 +689,7 @@ int p11psk_cli_migrate(const p11psk_config *cfg, int argc, char **argv)
                 "token, but TLS 1.2 plain PSK needs them readable (re-run a fresh migration "
                 "with --readable, or `p11psk add --readable`), or longer keys\n",
                 shortkeys, TLS12_TOKEN_MIN);
-    rc = 0;
+    rc = not_told ? P11PSK_EXIT_NOT_TOLD : 0;
 out:
     p11psk_token_close(tok);
     file_free(&pf);

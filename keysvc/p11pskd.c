@@ -18,6 +18,7 @@
 
 #include "checkconf.h"
 #include "config.h"
+#include "keychange.h"
 #include "ladder.h"
 #include "log.h"
 #include "server.h"
@@ -314,6 +315,7 @@ int main(int argc, char **argv)
         goto fail;
     }
     p11psk_ladder_set_cache(lad, cache);
+    p11psk_keychange_init(cache);
     p11psk_token_params_from_config(&prm, &cfg);
     prm.sessions = p11psk_server_threads(&cfg); /* one per worker: nobody waits */
     if (p11psk_token_open(&prm, &tok, &terr) != P11PSK_ST_OK) {
@@ -322,6 +324,7 @@ int main(int argc, char **argv)
             rc = P11PSKD_EXIT_NO_RESTART;
         goto fail;
     }
+    p11psk_token_set_revalidate(tok, cfg.revalidate_ms);
     {
         struct timespec t0, t1;
 

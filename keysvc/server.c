@@ -75,10 +75,12 @@ static void server_reload(server *s)
     cur->metrics_top_keys = nc.metrics_top_keys;
     cur->busy_poll_idle = nc.busy_poll_idle;
     cur->accept_rate_per_uid = nc.accept_rate_per_uid;
+    cur->revalidate_ms = nc.revalidate_ms;
+    p11psk_token_set_revalidate(s->tok, nc.revalidate_ms);
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     /* An allow rule may have gone: providers must ask again before using a binder key. */
-    p11psk_keys_changed();
+    p11psk_genpage_bump();
     p11psk_log(P11PSK_LOG_INFO, "reloaded %s: %zu allow rules, log-level %s", cur->path, cur->acl.n,
                p11psk_log_level_name(cur->log_level));
     if (cur->acl.n == 0)

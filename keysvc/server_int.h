@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "keychange.h"
 #include "config.h"
 #include "handlekey.h"
 #include "key_usage.h"

@@ -88,6 +88,7 @@ int stats_status(server *s, p11psk_frame *resp, outcome *o)
     int truncated = 0;
     p11psk_token_info ti;
     p11psk_cache_stats cs;
+    p11psk_token_revalidate_stats rv;
     struct timespec now;
     long long wall = (long long)time(NULL);
 
@@ -104,6 +105,7 @@ int stats_status(server *s, p11psk_frame *resp, outcome *o)
     clock_gettime(CLOCK_MONOTONIC, &now);
     p11psk_token_state(s->tok, &ti);
     p11psk_cache_get_stats(s->cache, &cs);
+    p11psk_token_revalidate_get(s->tok, &rv);
     ADD("version %s\n", P11PSK_VERSION);
     ADD("uptime_seconds %ld\n", (long)(now.tv_sec - s->started.tv_sec));
     ADD("token_label %s\n", ti.label);
@@ -126,6 +128,11 @@ int stats_status(server *s, p11psk_frame *resp, outcome *o)
     ADD("cache_misses %lu\n", cs.misses);
     ADD("cache_ttl_seconds %lu\n", cs.ttl_s);
     ADD("cache_size %lu\n", cs.max_entries);
+    ADD("revalidate_ms %lu\n", rv.revalidate_ms);
+    ADD("revalidate_age_ms %lu\n", rv.age_ms);
+    ADD("revalidations %lu\n", rv.revalidations);
+    ADD("revalidate_changes %lu\n", rv.changes);
+    ADD("key_changes %lu\n", p11psk_keychange_count());
     ADD("max_connections %u\n", s->cfg->max_connections);
     ADD("max_connections_per_peer %u\n", s->cfg->max_connections_peer);
     for (i = 0; i <= p11psk_ops_n; i++) /* the rows, then "other" */

@@ -29,6 +29,7 @@ const char p11psk_usage_status[] =
     "\n"
     "Asks p11pskd for its health and counters: version, uptime, token (label, model,\n"
     "module, available, logged in, sessions, recoveries), threads, connections, cache,\n"
+    "re-validation (revalidate_ms, revalidate_age_ms, revalidations, changes found),\n"
     "requests by operation and result, latency by operation, expired keys and keys\n"
     "expiring within 7 days, and requests and last use of the most used keys. Allowed for\n"
     "root, p11pskd's own user and the users that allow-status or allow-admin lines in\n"
@@ -330,7 +331,8 @@ static int known_name(const char *name)
         "connections_total", "cache_enabled",  "cache_entries",     "cache_hits",
         "cache_misses",     "cache_ttl_seconds", "cache_size",     "max_connections",
         "max_connections_per_peer", "keys_expired", "keys_expiring_7d",
-        "key_requests_untracked", "status_truncated",
+        "key_requests_untracked", "status_truncated", "revalidate_ms", "revalidate_age_ms", "revalidations",
+        "revalidate_changes", "key_changes",
     };
     size_t i;
 
@@ -367,6 +369,10 @@ static void print_report(const status_info *si)
            strcmp(yesno(si, "cache_enabled"), "yes") == 0 ? "on" : "off",
            svd(si, "cache_entries"), svd(si, "cache_size"), svd(si, "cache_ttl_seconds"),
            svd(si, "cache_hits"), svd(si, "cache_misses"));
+    printf("revalidate   every %s ms, oldest validation %s ms ago, %s revalidations, %s changes "
+           "found, %s keys changed (incl. flushes)\n",
+           svd(si, "revalidate_ms"), svd(si, "revalidate_age_ms"), svd(si, "revalidations"),
+           svd(si, "revalidate_changes"), svd(si, "key_changes"));
     for (i = 0; i < si->n; i++) {
         if (!request_labels(si->name[i], op, sizeof(op), res, sizeof(res)))
             continue;
@@ -523,6 +529,16 @@ static const struct {
     {"cache_misses", "p11psk_cache_misses_total", "counter", "Cache lookups that missed."},
     {"cache_ttl_seconds", "p11psk_cache_ttl_seconds", "gauge", "Lifetime of a cached value."},
     {"cache_size", "p11psk_cache_size", "gauge", "Most values the cache holds (cache-size)."},
+    {"revalidate_ms", "p11psk_revalidate_ms", "gauge",
+     "revalidate-ms: cached keys are re-checked in the token at least this often."},
+    {"revalidate_age_ms", "p11psk_revalidate_age_ms", "gauge",
+     "Milliseconds since the least recently validated cached key was checked (0: none)."},
+    {"revalidations", "p11psk_revalidations_total", "counter",
+     "Re-validations of cached keys against the token."},
+    {"revalidate_changes", "p11psk_revalidate_changes_total", "counter",
+     "Re-validations that found a key removed or with another value."},
+    {"key_changes", "p11psk_key_changes_total", "counter",
+     "Keys whose cached values were dropped (flushes and changes found)."},
     {"max_connections", "p11psk_max_connections", "gauge", "max-connections."},
     {"max_connections_per_peer", "p11psk_max_connections_per_peer", "gauge",
      "max-connections-per-peer."},

@@ -18,6 +18,7 @@
 #define P11PSK_KEY_LABEL_MAX 256 /* longest CKA_LABEL we keep, NUL included */
 #define P11PSK_KEY_LEN_MIN 16
 #define P11PSK_KEY_LEN_MAX 512
+#define P11PSK_KEY_FP_LEN 32 /* SHA-256 fingerprint of a key's value, computed in the token */
 
 typedef struct {
     int status; /* P11PSK_ST_* */
@@ -36,6 +37,8 @@ typedef struct {
     /* CKA_END_DATE: "YYYY-MM-DD", or "" when the key never expires (no or empty date) */
     char not_after[11];
     long long expires_at; /* first second (UTC) after not_after; 0: never */
+    int fp_ok; /* fp holds the value's fingerprint (daemon lookups only) */
+    uint8_t fp[P11PSK_KEY_FP_LEN];
 } p11psk_key;
 
 typedef struct {
@@ -84,14 +87,19 @@ CK_FUNCTION_LIST *p11psk_token_functions(const p11psk_token *tok);
 /* The first session opened (single-threaded callers and tests only). */
 CK_SESSION_HANDLE p11psk_token_session(const p11psk_token *tok);
 
-/* Daemon lookup by CKA_ID through a hash table; a miss searches the token. Returns
- * P11PSK_ST_OK, P11PSK_ST_NOT_FOUND, P11PSK_ST_UNSUPPORTED (key type) or P11PSK_ST_TOKEN. */
+/* Daemon lookup by CKA_ID through a hash table; a miss searches the token. An entry last
+ * validated more than revalidate-ms ago is first checked against the token (object still
+ * there with this CKA_ID, value fingerprint unchanged); what it finds gone or changed goes
+ * through p11psk_keys_changed. key->fp is the fingerprint the answer may be cached under.
+ * Returns P11PSK_ST_OK, P11PSK_ST_NOT_FOUND, P11PSK_ST_UNSUPPORTED (key type) or
+ * P11PSK_ST_TOKEN. */
 int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
                          p11psk_err *err);
 /* Fills the lookup cache with every key in the token (one scan); *count gets the number.
  * A lookup miss does the same at most every 10 s, so keys added later are found in bulk. */
 int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err);
-/* Drops a cached entry (call when the token said the object handle is invalid). */
+/* Drops a cached entry (call when the token said the object handle is invalid); id NULL:
+ * every entry. */
 void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen);
 
 /* 1 when key k is past its CKA_END_DATE at now (seconds since the epoch). */
@@ -110,6 +118,16 @@ void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long with
  * mirror for the CKA_ID; with d == NULL only removes it. */
 int p11psk_token_mirror_end_date(p11psk_token *tok, const p11psk_key *key, const CK_DATE *d,
                                  p11psk_err *err);
+/* How old a validation may be before a lookup repeats it (0: every lookup). Default 1000. */
+void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms);
+
+typedef struct {
+    unsigned long revalidate_ms;
+    unsigned long age_ms;        /* since the oldest fingerprinted entry was validated */
+    unsigned long revalidations; /* checks against the token after the first fingerprint */
+    unsigned long changes;       /* of those, keys found gone or with another value */
+} p11psk_token_revalidate_stats;
+void p11psk_token_revalidate_get(p11psk_token *tok, p11psk_token_revalidate_stats *st);
 
 /* Every secret key (label == NULL) or those labelled label. *keys is malloc'd (free()).
  * Keys of unsupported types are skipped. Returns P11PSK_ST_OK or P11PSK_ST_TOKEN. */

@@ -53,9 +53,16 @@ struct p11psk_token {
     unsigned long recoveries;
 
     pthread_rwlock_t cachelock;
-    p11psk_htable ids;    /* CKA_ID -> key, see token_objects.c */
-    long long scanned_ms; /* last full scan (under lock) */
+    p11psk_htable ids;     /* CKA_ID -> key, see token_objects.c */
+    unsigned long ids_gen; /* bumped whenever entries are dropped (under cachelock) */
+    long long scanned_ms;  /* last full scan (under lock) */
     unsigned long scans;
+
+    /* Re-validation of the table's entries (token_objects.c). vallock guards the entries'
+     * validation state, taken inside cachelock (shared is enough). */
+    pthread_mutex_t vallock;
+    unsigned revalidate_ms;
+    unsigned long revalidations, changes; /* under vallock */
 };
 
 /* ---- session pool (token_slot.c) ---- */
@@ -84,6 +91,28 @@ int token_ids_init(p11psk_token *tok);
 /* Drops every entry (handles may change when the module is reinitialised). */
 void token_ids_clear(p11psk_token *tok);
 void token_ids_fini(p11psk_token *tok);
+
+/* Searches the token for the one key with this CKA_ID, bypassing the table. */
+int token_search_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                    p11psk_err *err);
+/* Records a validated key (fp set) as its CKA_ID's entry, or with k NULL only releases the
+ * claim of a validation that failed, so that the next request tries again. gen: the table
+ * generation (ids_gen) the validation started in; when entries were dropped since (a FLUSH
+ * from `p11psk rm` in between), what it saw may be gone already, so it is not recorded. */
+void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k,
+                         unsigned long gen);
+
+/* ---- re-validation (token_validate.c) ---- */
+
+/* key->fp = the fingerprint of key's value, computed in the token (C_DigestKey), or in
+ * software for a readable key the token will not digest. A destroyed object gives
+ * P11PSK_ST_NOT_FOUND. A key with no fingerprint at all (not digestible, not readable) is
+ * still served, never from the cache (fp_ok stays 0), and checked on every request. */
+int token_fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err);
+/* Confirms key (a copy of the table's entry, looked up in generation gen) against the
+ * token; on success key is what to serve. A key gone (or now ambiguous) or with another
+ * value goes to p11psk_keys_changed. */
+int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11psk_err *err);
 
 int token_key_type_ok(CK_KEY_TYPE t);
 /* Reads the attributes p11psk needs into k. Over-long ids keep their length but no bytes.

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Key lookup: the CKA_ID table the daemon answers from, filled by whole-token scans and
- * single searches, and the label search the CLI lists keys with.
+ * single searches (its entries are re-validated by token_validate.c), and the label search
+ * the CLI lists keys with.
  */
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,13 +16,22 @@
 
 #define ID_BUCKETS 16384    /* chains stay short up to ~10^4 keys */
 #define RESCAN_MIN_MS 10000 /* a lookup miss rescans the whole token at most this often */
+#define REVALIDATE_DEFAULT_MS 1000
 
 struct id_ent {
-    p11psk_hnode node; /* keyed by key.id */
-    p11psk_key key;
-    unsigned long scan; /* the full scan that wrote it (0: a single lookup) */
-    int clash;          /* that scan saw this CKA_ID twice: never answered from here */
+    p11psk_hnode node;      /* keyed by key.id */
+    p11psk_key key;         /* key.fp: the value last confirmed, kept across rescans */
+    unsigned long scan;     /* the full scan that wrote it (0: a single lookup) */
+    int clash;              /* that scan saw this CKA_ID twice: never answered from here */
+    long long validated_ms; /* when the token last confirmed key.fp (vallock) */
+    int validating;         /* a thread is confirming it now (vallock) */
 };
+
+static void ent_free(struct id_ent *e)
+{
+    OPENSSL_cleanse(e->key.fp, sizeof(e->key.fp));
+    free(e);
+}
 
 static void id_hex(const uint8_t *id, size_t idlen, char *out)
 {
@@ -31,19 +42,22 @@ static void id_hex(const uint8_t *id, size_t idlen, char *out)
 
 int token_ids_init(p11psk_token *tok)
 {
+    pthread_mutex_init(&tok->vallock, NULL);
+    tok->revalidate_ms = REVALIDATE_DEFAULT_MS;
     return p11psk_htable_init(&tok->ids, ID_BUCKETS);
 }
 
 static int unlink_all(p11psk_hnode *n, void *arg)
 {
     (void)arg;
-    free(n); /* the node is the entry's first member */
+    ent_free((struct id_ent *)n); /* the node is the entry's first member */
     return 1;
 }
 
 void token_ids_clear(p11psk_token *tok)
 {
     pthread_rwlock_wrlock(&tok->cachelock);
+    tok->ids_gen++;
     p11psk_htable_unlink_if(&tok->ids, unlink_all, NULL);
     pthread_rwlock_unlock(&tok->cachelock);
 }
@@ -52,6 +66,7 @@ void token_ids_fini(p11psk_token *tok)
 {
     token_ids_clear(tok);
     p11psk_htable_fini(&tok->ids);
+    pthread_mutex_destroy(&tok->vallock);
 }
 
 static struct id_ent *ids_find(p11psk_token *tok, const uint8_t *id, size_t idlen)
@@ -73,19 +88,61 @@ static struct id_ent *ids_add(p11psk_token *tok, const p11psk_key *k)
     return e;
 }
 
-/* Copies the table's entry for id to key: 1 on a hit. */
-static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key)
+enum { LOOK_MISS, LOOK_FRESH, LOOK_CHECK };
+
+/* Copies the table's entry for id to key. LOOK_FRESH: validated less than revalidate-ms
+ * ago, or another thread is validating it right now; LOOK_CHECK: the caller validates it
+ * (it has claimed the entry, or the entry has no fingerprint yet). */
+static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                      unsigned long *gen)
 {
     struct id_ent *e;
-    int hit = 0;
+    int r = LOOK_MISS;
 
     pthread_rwlock_rdlock(&tok->cachelock);
+    *gen = tok->ids_gen;
     if ((e = ids_find(tok, id, idlen)) != NULL) {
         *key = e->key;
-        hit = 1;
+        pthread_mutex_lock(&tok->vallock);
+        if (!e->key.fp_ok || tok->revalidate_ms == 0) {
+            r = LOOK_CHECK;
+        } else if (!e->validating && p11psk_mono_ms() - e->validated_ms >= tok->revalidate_ms) {
+            e->validating = 1; /* one validation per key and period, not one per request */
+            r = LOOK_CHECK;
+        } else {
+            r = LOOK_FRESH;
+        }
+        pthread_mutex_unlock(&tok->vallock);
     }
     pthread_rwlock_unlock(&tok->cachelock);
-    return hit;
+    return r;
+}
+
+void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k,
+                         unsigned long gen)
+{
+    struct id_ent *e;
+
+    pthread_rwlock_wrlock(&tok->cachelock);
+    if (k != NULL && tok->ids_gen != gen)
+        k = NULL;
+    if ((e = ids_find(tok, id, idlen)) == NULL && k != NULL)
+        e = ids_add(tok, k); /* out of memory: no entry is only slower */
+    if (e != NULL) {
+        if (k != NULL) {
+            e->key = *k; /* same id bytes, so the node's key stays valid */
+            e->validated_ms = p11psk_mono_ms();
+        }
+        e->validating = 0;
+    }
+    pthread_rwlock_unlock(&tok->cachelock);
+}
+
+static int unlink_any(p11psk_hnode *n, void *arg)
+{
+    (void)arg;
+    ent_free((struct id_ent *)n);
+    return 1;
 }
 
 void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
@@ -93,11 +150,44 @@ void p11psk_token_forget(p11psk_token *tok, const uint8_t *id, size_t idlen)
     struct id_ent *e;
 
     pthread_rwlock_wrlock(&tok->cachelock);
-    if ((e = ids_find(tok, id, idlen)) != NULL) {
+    tok->ids_gen++;
+    if (id == NULL) {
+        p11psk_htable_unlink_if(&tok->ids, unlink_any, NULL);
+    } else if ((e = ids_find(tok, id, idlen)) != NULL) {
         p11psk_htable_remove(&tok->ids, &e->node);
-        free(e);
+        ent_free(e);
     }
     pthread_rwlock_unlock(&tok->cachelock);
+}
+
+struct age_arg {
+    long long now, oldest; /* oldest validated_ms seen, or now */
+};
+
+static int age_visit(p11psk_hnode *n, void *varg)
+{
+    struct id_ent *e = (struct id_ent *)n;
+    struct age_arg *a = varg;
+
+    if (e->key.fp_ok && e->validated_ms < a->oldest)
+        a->oldest = e->validated_ms;
+    return 0; /* look only */
+}
+
+void p11psk_token_revalidate_get(p11psk_token *tok, p11psk_token_revalidate_stats *st)
+{
+    struct age_arg a;
+
+    a.now = a.oldest = p11psk_mono_ms();
+    pthread_rwlock_rdlock(&tok->cachelock);
+    pthread_mutex_lock(&tok->vallock);
+    p11psk_htable_unlink_if(&tok->ids, age_visit, &a);
+    st->revalidate_ms = tok->revalidate_ms;
+    st->revalidations = tok->revalidations;
+    st->changes = tok->changes;
+    pthread_mutex_unlock(&tok->vallock);
+    pthread_rwlock_unlock(&tok->cachelock);
+    st->age_ms = (unsigned long)(a.now - a.oldest);
 }
 
 /* ---- reading objects ---- */
@@ -244,7 +334,7 @@ static int unlink_clash(p11psk_hnode *node, void *arg)
 
     if (!e->clash)
         return 0;
-    free(e);
+    ent_free(e);
     (*(size_t *)arg)++;
     return 1;
 }
@@ -258,18 +348,22 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
     struct find_arg a = {t, 1, NULL, 0};
     struct id_ent *e;
-    unsigned long scan;
+    unsigned long scan, gen;
     size_t i, n = 0, clashes = 0;
     int st;
 
     pthread_mutex_lock(&tok->lock);
     tok->scanned_ms = p11psk_mono_ms();
     pthread_mutex_unlock(&tok->lock);
+    pthread_rwlock_rdlock(&tok->cachelock);
+    gen = tok->ids_gen;
+    pthread_rwlock_unlock(&tok->cachelock);
     if ((st = token_with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;
     pthread_rwlock_wrlock(&tok->cachelock);
     scan = ++tok->scans;
-    for (i = 0; i < a.n; i++) {
+    /* Entries dropped during the scan (a FLUSH) may be in it: keep none of it. */
+    for (i = 0; tok->ids_gen == gen && i < a.n; i++) {
         p11psk_key *k = &a.keys[i];
 
         if (!token_key_type_ok(k->type) || k->idlen == 0 || k->idlen > P11PSK_ID_MAX ||
@@ -281,6 +375,15 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
         } else if (e->scan == scan) { /* a second key with this CKA_ID */
             e->clash = 1;
             continue;
+        } else {
+            /* Keep the fingerprint last served: the next lookup compares the (maybe new)
+             * object's value with it. Another object is validated before it is used. */
+            if (e->key.fp_ok) {
+                k->fp_ok = 1;
+                memcpy(k->fp, e->key.fp, sizeof(k->fp));
+            }
+            if (k->obj != e->key.obj)
+                e->validated_ms = 0;
         }
         e->key = *k; /* same id bytes, so the node's key stays valid */
         e->scan = scan;
@@ -296,8 +399,8 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
     return P11PSK_ST_OK;
 }
 
-int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
-                         p11psk_err *err)
+int token_search_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                    p11psk_err *err)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, idlen}};
@@ -305,13 +408,6 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
     char hex[2 * P11PSK_KEY_ID_MAX + 1];
     int st;
 
-    if (idlen == 0 || idlen > P11PSK_ID_MAX)
-        return p11psk_err_set(err, P11PSK_ST_BAD_HANDLE, "bad key id length %zu", idlen);
-    if (ids_lookup(tok, id, idlen, key))
-        return P11PSK_ST_OK;
-    if (rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK &&
-        ids_lookup(tok, id, idlen, key))
-        return P11PSK_ST_OK;
     id_hex(id, idlen, hex);
     if ((st = token_with_session(tok, op_find, &a, err)) != P11PSK_ST_OK)
         return st;
@@ -350,11 +446,30 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
         return p11psk_err_set(err, P11PSK_ST_UNSUPPORTED,
                               "key '%s' (CKA_ID %s) has an unsupported length %zu", key->label, hex,
                               key->len);
-    pthread_rwlock_wrlock(&tok->cachelock);
-    /* Another thread may have added it meanwhile; no entry is only slower. */
-    if (ids_find(tok, id, idlen) == NULL)
-        ids_add(tok, key);
-    pthread_rwlock_unlock(&tok->cachelock);
+    return P11PSK_ST_OK;
+}
+
+int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
+                         p11psk_err *err)
+{
+    unsigned long gen;
+    int r, st;
+
+    if (idlen == 0 || idlen > P11PSK_ID_MAX)
+        return p11psk_err_set(err, P11PSK_ST_BAD_HANDLE, "bad key id length %zu", idlen);
+    r = ids_lookup(tok, id, idlen, key, &gen);
+    if (r == LOOK_MISS && rescan_due(tok) && p11psk_token_prefetch(tok, NULL, err) == P11PSK_ST_OK)
+        r = ids_lookup(tok, id, idlen, key, &gen);
+    if (r == LOOK_FRESH)
+        return P11PSK_ST_OK;
+    if (r == LOOK_CHECK)
+        return token_revalidate(tok, key, gen, err);
+    if ((st = token_search_id(tok, id, idlen, key, err)) != P11PSK_ST_OK)
+        return st;
+    if ((st = token_fingerprint(tok, key, err)) != P11PSK_ST_OK)
+        return st;
+    /* Another thread may have added it meanwhile: then this validation refreshes it. */
+    token_ids_validated(tok, id, idlen, key, gen);
     return P11PSK_ST_OK;
 }
 

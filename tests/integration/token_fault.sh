@@ -60,6 +60,9 @@ O12=(-tls1_2 -cipher PSK-AES128-GCM-SHA256)
 
 start_p11kit
 remote_conf "unix:path=$P11KIT_SOCK"
+# Keys are re-validated in the token every revalidate-ms; high here so that the window in
+# which a cached key outlives the token stays open long enough to observe.
+echo "revalidate-ms = 600000" >>"$T/p11pskd.conf"
 raw_warm=$(rand_hex 32)
 h_warm=$(add_hex warm "$raw_warm")
 raw_mid=$(rand_hex 32)
