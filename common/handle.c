@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "p11psk/handle.h"
 
 #include <openssl/crypto.h>

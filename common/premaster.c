@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "p11psk/premaster.h"
 
 #include "p11psk/buf.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11pskd's cache of values that depend on the PSK alone: the TLS 1.3 early secret and,
  * for TLS 1.2 plain PSK, the HMAC key H(premaster). Lives in the daemon only, in the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* PKCS#11 return-value names and the error record shared by the token layer and ladder. */
 #include <stdarg.h>
 #include <stdio.h>

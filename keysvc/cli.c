@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* p11psk: manage the PSKs p11pskd serves (add, handle, list, rotate, rm; the other commands
  * live in migrate.c, export.c, status.c and doctor.c). */
 #include <ctype.h>
@@ -302,7 +303,6 @@ fail:
     return 0;
 }
 
-
 void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, size_t cap)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -325,8 +325,8 @@ void p11psk_cli_uri(const char *token_label, const p11psk_key *k, char *out, siz
             p11_kit_uri_set_attribute(uri, &id);
         p11_kit_uri_set_attribute(uri, &type);
     }
-    if (uri == NULL || p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &s) !=
-                           P11_KIT_URI_OK ||
+    if (uri == NULL ||
+        p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &s) != P11_KIT_URI_OK ||
         strlen(s) >= cap)
         snprintf(out, cap, "pkcs11:type=secret-key"); /* out of memory: still a valid URI */
     else
@@ -568,20 +568,17 @@ static long gen_len(const char *usage, const char *arg)
     errno = 0;
     n = strtol(arg, &end, 10);
     if (errno != 0 || *end != '\0' || n < P11PSK_KEY_LEN_MIN || n > P11PSK_KEY_LEN_MAX)
-        die_usage(usage, "--generate takes a length of %d..%d bytes, not '%s'",
-                  P11PSK_KEY_LEN_MIN, P11PSK_KEY_LEN_MAX, arg);
+        die_usage(usage, "--generate takes a length of %d..%d bytes, not '%s'", P11PSK_KEY_LEN_MIN,
+                  P11PSK_KEY_LEN_MAX, arg);
     return n;
 }
 
 static int cmd_add(const p11psk_config *cfg, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"generate", required_argument, NULL, 'g'},
-        {"hex-file", required_argument, NULL, 'x'},
-        {"readable", no_argument, NULL, 'r'},
-        {"not-after", required_argument, NULL, 'N'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"generate", required_argument, NULL, 'g'}, {"hex-file", required_argument, NULL, 'x'},
+        {"readable", no_argument, NULL, 'r'},       {"not-after", required_argument, NULL, 'N'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     const char *hexfile = NULL;
     p11psk_id_arg ia;
@@ -951,8 +948,7 @@ static void list_json(p11psk_token *tok, const p11psk_key *keys, size_t n)
         p11psk_cli_json_str(stdout, k->label);
         printf(", \"ckaid\": \"%s\", \"type\": \"%s\", \"length\": %zu, \"readable\": %s, "
                "\"handle\": ",
-               hex, k->type == CKK_AES ? "aes" : "generic", k->len,
-               k->readable ? "true" : "false");
+               hex, k->type == CKK_AES ? "aes" : "generic", k->len, k->readable ? "true" : "false");
         /* A CKA_ID that fits no handle (or a token without a handle key yet) is shown as
          * null, not as an error. */
         if (hk != NULL && k->idlen >= 1 && k->idlen <= P11PSK_ID_MAX &&
@@ -1016,8 +1012,8 @@ static int cmd_list(const p11psk_config *cfg, int argc, char **argv)
         rc = 0;
         goto out;
     }
-    printf("%-24s %-34s %-8s %6s %-8s %-11s %s\n", "IDENTITY", "ID", "TYPE", "LENGTH",
-           "READABLE", "NOT-AFTER", "URI");
+    printf("%-24s %-34s %-8s %6s %-8s %-11s %s\n", "IDENTITY", "ID", "TYPE", "LENGTH", "READABLE",
+           "NOT-AFTER", "URI");
     for (i = 0; i < n; i++) {
         if (keys[i].idlen <= P11PSK_KEY_ID_MAX)
             p11psk_hex_encode(keys[i].id, keys[i].idlen, hex);
@@ -1134,12 +1130,13 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
     nk.value_len = val != NULL ? vlen : (size_t)(gen >= 0 ? gen : (long)old.len);
     nk.readable = readable >= 0 ? readable : old.readable;
     /* Default: the current key's end date (an unreadable one is not carried over). */
-    if (!na_given && old.not_after[0] != '\0' && p11psk_date_parse(old.not_after, &end, &end_s) == 0)
+    if (!na_given && old.not_after[0] != '\0' &&
+        p11psk_date_parse(old.not_after, &end, &end_s) == 0)
         na = &end;
     nk.not_after = na;
     if (p11psk_token_create_key(tok, &nk, &newk, &err) != P11PSK_ST_OK) {
-        fprintf(stderr, "p11psk: cannot create the new key for %s: %s; nothing was changed\n",
-                uri, err.msg);
+        fprintf(stderr, "p11psk: cannot create the new key for %s: %s; nothing was changed\n", uri,
+                err.msg);
         goto out;
     }
     if (keep_end_date(tok, &newk, na, old.not_after) != 0) {
@@ -1164,8 +1161,7 @@ static int cmd_rotate(const p11psk_config *cfg, int argc, char **argv)
         goto out;
     }
     printf("rotated %s: new %zu-byte key%s%s; handle unchanged\n", uri, newk.len,
-           val != NULL ? " from " : " generated in the token",
-           val != NULL ? hexfile : "");
+           val != NULL ? " from " : " generated in the token", val != NULL ? hexfile : "");
     if (newk.readable != old.readable)
         printf("the key is now %s\n",
                newk.readable ? "readable by p11pskd" : "sensitive and non-extractable");

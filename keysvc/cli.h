@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Shared between the CLI's command files (cli.c, migrate.c, status.c, doctor.c). */
 #ifndef P11PSK_KEYSVC_CLI_H
 #define P11PSK_KEYSVC_CLI_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* p11pskd.conf: shared by the daemon and the CLI. "key = value" lines, '#' comments. */
 #ifndef P11PSK_KEYSVC_CONFIG_H
 #define P11PSK_KEYSVC_CONFIG_H
@@ -13,28 +14,28 @@
 #define P11PSK_CONF_ENV "P11PSK_CONF"
 
 typedef struct p11psk_config {
-    char *path;       /* the file this came from */
-    char *module;     /* path or p11-kit module name */
-    char *token_uri;  /* RFC 7512 token URI, or NULL: the only initialised token */
-    char *pin_source; /* "file:PATH" or "/PATH" (from pin-source or the URI), or NULL */
+    char *path;          /* the file this came from */
+    char *module;        /* path or p11-kit module name */
+    char *token_uri;     /* RFC 7512 token URI, or NULL: the only initialised token */
+    char *pin_source;    /* "file:PATH" or "/PATH" (from pin-source or the URI), or NULL */
     char *p11kit_server; /* P11_KIT_SERVER_ADDRESS for module = p11-kit-client.so, or NULL */
     char *socket;
     mode_t socket_mode;
     int has_socket_group;
     gid_t socket_gid;
-    int log_level; /* P11PSK_LOG_* */
-    unsigned threads;               /* worker threads = PKCS#11 sessions; 0: one per CPU */
-    unsigned max_connections;       /* all peers together */
-    unsigned max_connections_peer;  /* per peer uid */
-    unsigned request_timeout_ms;    /* a started request must arrive (or be read) in time */
-    unsigned busy_poll_us;          /* workers poll without sleeping this long after work */
-    int busy_poll_idle;             /* ... but only while a CPU is idle (runnable < CPUs) */
-    unsigned accept_rate_per_uid;   /* new connections per second per uid, 0 = unlimited */
-    int cache;                      /* cache PSK-only values (early secret, ...) */
+    int log_level;                 /* P11PSK_LOG_* */
+    unsigned threads;              /* worker threads = PKCS#11 sessions; 0: one per CPU */
+    unsigned max_connections;      /* all peers together */
+    unsigned max_connections_peer; /* per peer uid */
+    unsigned request_timeout_ms;   /* a started request must arrive (or be read) in time */
+    unsigned busy_poll_us;         /* workers poll without sleeping this long after work */
+    int busy_poll_idle;            /* ... but only while a CPU is idle (runnable < CPUs) */
+    unsigned accept_rate_per_uid;  /* new connections per second per uid, 0 = unlimited */
+    int cache;                     /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
-    unsigned cache_size;            /* entries */
-    unsigned metrics_top_keys;      /* keys with usage counters in STATUS; 0: none */
-    unsigned revalidate_ms;         /* cached keys are re-checked in the token this often */
+    unsigned cache_size;       /* entries */
+    unsigned metrics_top_keys; /* keys with usage counters in STATUS; 0: none */
+    unsigned revalidate_ms;    /* cached keys are re-checked in the token this often */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

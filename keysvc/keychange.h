@@ -18,8 +18,8 @@
 void p11psk_keychange_init(p11psk_cache *cache);
 
 /* Key id (NULL: every key) changed or disappeared: drops its cached values and its object
- * table entry, and bumps the generation page. why ("flush", "removed from the token", ...) goes to the log with the
- * CKA_ID. Returns the number of cached values dropped. */
+ * table entry, and bumps the generation page. why ("flush", "removed from the token", ...) goes to
+ * the log with the CKA_ID. Returns the number of cached values dropped. */
 size_t p11psk_keys_changed(p11psk_token *tok, const uint8_t *id, size_t idlen, const char *why);
 
 /* How many times p11psk_keys_changed ran. */

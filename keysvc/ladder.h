@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Token-first key derivations. The PSK stays in the token whenever the math allows:
  *   TLS 1.3 early secret = HMAC(zeros, PSK): the token hashes ipad ‖ PSK (C_DigestKey),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Daemon logging: stderr in the foreground (the journal under systemd), syslog once
  * daemonized. Never key bytes. */
 #ifndef P11PSK_KEYSVC_LOG_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk migrate: moves the keys of a stunnel PSKsecrets or mosquitto psk_file into the
  * token and rewrites the file with handles in their place.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* p11pskd: serves TLS PSK derivations from keys that stay in a PKCS#11 token. */
 #define _GNU_SOURCE /* pipe2 */
 #include <errno.h>

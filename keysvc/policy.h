@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Daemon policy from p11pskd.conf: which derivations are served at all, whatever the ACL
  * says, and how fast one peer may ask.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* p11pskd's socket and request loop. */
 #ifndef P11PSK_KEYSVC_SERVER_H
 #define P11PSK_KEYSVC_SERVER_H

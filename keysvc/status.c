@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk status / metrics: p11pskd's STATUS answer as a report, as JSON, or in the
  * Prometheus text exposition format. The answer is "name value" lines; names follow
@@ -55,8 +56,8 @@ const char p11psk_usage_metrics[] =
     "                 (with --socket the file is not read)\n";
 
 /* Parses the options of status (json != NULL) or metrics; exits on --help or a bad one. */
-static const char *daemon_opts(const p11psk_config *cfg, int argc, char **argv,
-                               const char *usage, int *json)
+static const char *daemon_opts(const p11psk_config *cfg, int argc, char **argv, const char *usage,
+                               int *json)
 {
     static const struct option opts[] = {
         {"json", no_argument, NULL, 'j'},
@@ -77,8 +78,8 @@ static const char *daemon_opts(const p11psk_config *cfg, int argc, char **argv,
             fputs(usage, stdout);
             exit(0);
         } else {
-            fprintf(stderr, "p11psk: unknown option or missing value: '%s'\n%s",
-                    argv[optind - 1], usage);
+            fprintf(stderr, "p11psk: unknown option or missing value: '%s'\n%s", argv[optind - 1],
+                    usage);
             exit(2);
         }
     }
@@ -167,8 +168,8 @@ static int fetch(status_info *si, char *why, size_t whylen)
     if (st != P11PSK_ST_OK) {
         /* The daemon's message names the fix (allow-status ... in its config file). */
         p11psk_msg_str(&m, P11PSK_T_MSG, msg, sizeof(msg));
-        fprintf(stderr, "p11psk: p11pskd at %s refused the status request: %s: %s\n",
-                si->socket, p11psk_status_str(st), msg);
+        fprintf(stderr, "p11psk: p11pskd at %s refused the status request: %s: %s\n", si->socket,
+                p11psk_status_str(st), msg);
         return 1;
     }
     /* The raw field: p11psk_msg_str would turn the newlines into '?'. */
@@ -250,7 +251,8 @@ static int request_labels(const char *name, char *op, size_t opcap, char *res, s
 static int is_structured(const char *name)
 {
     return strncmp(name, "request_duration_seconds", 24) == 0 ||
-           strncmp(name, "key_requests{", 13) == 0 || strncmp(name, "key_last_use_seconds{", 21) == 0;
+           strncmp(name, "key_requests{", 13) == 0 ||
+           strncmp(name, "key_last_use_seconds{", 21) == 0;
 }
 
 /* The value of the first line named prefix{lname="lval"...} (and le="le" if given). */
@@ -325,14 +327,36 @@ static void print_tables(const status_info *si)
 static int known_name(const char *name)
 {
     static const char *const names[] = {
-        "version",          "uptime_seconds",  "token_label",       "token_model",
-        "token_module",     "token_available", "token_logged_in",   "token_sessions",
-        "token_recoveries", "token_fault",     "threads",           "connections_open",
-        "connections_total", "cache_enabled",  "cache_entries",     "cache_hits",
-        "cache_misses",     "cache_ttl_seconds", "cache_size",     "max_connections",
-        "max_connections_per_peer", "keys_expired", "keys_expiring_7d",
-        "key_requests_untracked", "status_truncated", "revalidate_ms", "revalidate_age_ms", "revalidations",
-        "revalidate_changes", "key_changes",
+        "version",
+        "uptime_seconds",
+        "token_label",
+        "token_model",
+        "token_module",
+        "token_available",
+        "token_logged_in",
+        "token_sessions",
+        "token_recoveries",
+        "token_fault",
+        "threads",
+        "connections_open",
+        "connections_total",
+        "cache_enabled",
+        "cache_entries",
+        "cache_hits",
+        "cache_misses",
+        "cache_ttl_seconds",
+        "cache_size",
+        "max_connections",
+        "max_connections_per_peer",
+        "keys_expired",
+        "keys_expiring_7d",
+        "key_requests_untracked",
+        "status_truncated",
+        "revalidate_ms",
+        "revalidate_age_ms",
+        "revalidations",
+        "revalidate_changes",
+        "key_changes",
     };
     size_t i;
 
@@ -366,9 +390,9 @@ static void print_report(const status_info *si)
     printf("connections  limits: %s in all, %s per peer uid\n", svd(si, "max_connections"),
            svd(si, "max_connections_per_peer"));
     printf("cache        %s: %s entries of %s, ttl %s s, %s hits, %s misses\n",
-           strcmp(yesno(si, "cache_enabled"), "yes") == 0 ? "on" : "off",
-           svd(si, "cache_entries"), svd(si, "cache_size"), svd(si, "cache_ttl_seconds"),
-           svd(si, "cache_hits"), svd(si, "cache_misses"));
+           strcmp(yesno(si, "cache_enabled"), "yes") == 0 ? "on" : "off", svd(si, "cache_entries"),
+           svd(si, "cache_size"), svd(si, "cache_ttl_seconds"), svd(si, "cache_hits"),
+           svd(si, "cache_misses"));
     printf("revalidate   every %s ms, oldest validation %s ms ago, %s revalidations, %s changes "
            "found, %s keys changed (incl. flushes)\n",
            svd(si, "revalidate_ms"), svd(si, "revalidate_age_ms"), svd(si, "revalidations"),
@@ -639,8 +663,7 @@ static void print_metrics(const status_info *si)
         for (j = 0; j < i; j++) {
             split_metric(si->name[j], other, sizeof(other), &olabels);
             family_of(other, &osfx);
-            if (strcmp(base, other) == 0 && !is_info_name(si->name[j]) &&
-                is_number(si->value[j]))
+            if (strcmp(base, other) == 0 && !is_info_name(si->name[j]) && is_number(si->value[j]))
                 break;
         }
         if (j < i)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The PKCS#11 token holding the PSKs: module loading through p11-kit, slot choice, login,
  * key lookup (cached by CKA_ID for the daemon, by CKA_LABEL for the CLI), token-side digests.
@@ -37,18 +38,18 @@ typedef struct {
     /* CKA_END_DATE: "YYYY-MM-DD", or "" when the key never expires (no or empty date) */
     char not_after[11];
     long long expires_at; /* first second (UTC) after not_after; 0: never */
-    int fp_ok; /* fp holds the value's fingerprint (daemon lookups only) */
+    int fp_ok;            /* fp holds the value's fingerprint (daemon lookups only) */
     uint8_t fp[P11PSK_KEY_FP_LEN];
 } p11psk_key;
 
 typedef struct {
-    const char *module;     /* path (contains '/' or ends in ".so") or p11-kit module name */
-    const char *token_uri;  /* "pkcs11:token=..." or NULL: the only initialised token */
-    const char *pin_source; /* "file:PATH" / "/PATH", or NULL */
-    const char *pin;        /* direct PIN (tests only; the daemon and CLI use pin_source) */
+    const char *module;         /* path (contains '/' or ends in ".so") or p11-kit module name */
+    const char *token_uri;      /* "pkcs11:token=..." or NULL: the only initialised token */
+    const char *pin_source;     /* "file:PATH" / "/PATH", or NULL */
+    const char *pin;            /* direct PIN (tests only; the daemon and CLI use pin_source) */
     const char *server_address; /* P11_KIT_SERVER_ADDRESS for p11-kit-client.so, or NULL */
-    int rw;                 /* open read/write sessions */
-    size_t sessions;        /* session pool size (0: 4); one per worker thread is enough */
+    int rw;                     /* open read/write sessions */
+    size_t sessions;            /* session pool size (0: 4); one per worker thread is enough */
 } p11psk_token_params;
 
 /* Health, for status reports. */
@@ -140,8 +141,8 @@ typedef struct {
     size_t idlen;
     const uint8_t *value; /* NULL: generate value_len random bytes in the token */
     size_t value_len;
-    int readable;     /* CKA_SENSITIVE false, CKA_EXTRACTABLE true */
-    int session_only; /* CKA_TOKEN false (tests) */
+    int readable;             /* CKA_SENSITIVE false, CKA_EXTRACTABLE true */
+    int session_only;         /* CKA_TOKEN false (tests) */
     const CK_DATE *not_after; /* CKA_END_DATE, or NULL: never expires */
 } p11psk_new_key;
 

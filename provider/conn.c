@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Connections to p11pskd, one pool per provider instance (that is, per OSSL_LIB_CTX: each
  * context's openssl.cnf may name its own daemon), and the mapping of daemon answers to

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Error raising through the core (provider-style ERR_raise_data) and debug logging. */
 #define _GNU_SOURCE
 #include "prov.h"

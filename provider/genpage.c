@@ -37,7 +37,7 @@ struct p11psk_genpage {
     pthread_mutex_t lock; /* fetches only; readers never take it */
     char path[sizeof(((p11psk_conn *)0)->path)];
     int timeout_ms;
-    p11psk_daemon_users users; /* the page is taken only from an allowed daemon user */
+    p11psk_daemon_users users;              /* the page is taken only from an allowed daemon user */
     _Atomic(const _Atomic uint64_t *) page; /* NULL: none mapped */
     const void *retired[GEN_RETIRED_MAX];
     size_t nretired;
@@ -130,10 +130,9 @@ static const void *fetch_page(P11PSK_GENPAGE *gp)
     const void *p = NULL;
     int fd = -1, rc, err = 0;
 
-    p11psk_conn_init_users(&c, gp->path,
-                           gp->timeout_ms < GEN_TIMEOUT_MAX_MS ? gp->timeout_ms
-                                                               : GEN_TIMEOUT_MAX_MS,
-                           &gp->users);
+    p11psk_conn_init_users(
+        &c, gp->path, gp->timeout_ms < GEN_TIMEOUT_MAX_MS ? gp->timeout_ms : GEN_TIMEOUT_MAX_MS,
+        &gp->users);
     p11psk_frame_start(&req, P11PSK_OP_GEN_PAGE);
     if (p11psk_frame_finish(&req) == 0)
         return NULL;

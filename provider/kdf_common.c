@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* What every KDF shares: parameter storage, handle checks, delegation to other providers. */
 #include "prov.h"
 

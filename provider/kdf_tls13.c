@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * TLS13-KDF (the HKDF variant libssl uses for TLS 1.3), with p11psk handles.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * TLS1-PRF (TLS 1.0-1.2 PRF) with p11psk handles.
  *
@@ -67,8 +68,8 @@ static int p11psk_tls1_prf_derive(void *vctx, unsigned char *key, size_t keylen,
                          "%s secret is a bare handle, not a PSK premaster secret", ALG);
         return 0;
     }
-    if (p11psk_premaster_split(ctx->secret.p, ctx->secret.len, &other, &otherlen, &psk,
-                                &psklen) != 0 ||
+    if (p11psk_premaster_split(ctx->secret.p, ctx->secret.len, &other, &otherlen, &psk, &psklen) !=
+            0 ||
         !p11psk_handle_has_magic(psk, psklen))
         return p11psk_kdf_delegate(ctx, key, keylen) == 0;
 

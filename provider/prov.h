@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Shared by the provider's files: provider context, error reasons, raise macro, helpers. */
 #ifndef P11PSK_PROV_H
 #define P11PSK_PROV_H

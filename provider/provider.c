@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk OpenSSL 3 provider: TLS13-KDF and TLS1-PRF that accept p11psk handles in place of
  * raw PSKs and have p11pskd derive from the key in the PKCS#11 token. Calls without a handle

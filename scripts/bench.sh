@@ -39,6 +39,7 @@ CC=${CC:-gcc} p11psk_build "$B" -DP11PSK_TESTS=ON >/dev/null
 TOKENS=${P11PSK_BENCH_TOKEN_DIR:-$B/bench-token}
 T=$(mktemp -d /tmp/p11psk-bench.XXXXXX)
 DPID=
+# shellcheck disable=SC2317 # cleanup runs from the EXIT trap
 cleanup() {
     if [ -n "$DPID" ]; then
         kill "$DPID" 2>/dev/null || true

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # One-command demo on a fresh Debian 12: installs what is missing, builds, provisions a
 # throwaway SoftHSM2 token, starts p11pskd, and runs an unmodified `openssl s_server` on the
 # raw key against `openssl s_client` configured with a p11psk handle.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # shellcheck shell=bash
 # Installs the Debian 12 packages p11psk needs to build, demo and test. Sourced by
 # demo.sh and test.sh; only calls apt-get when something is missing.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 # Debian package test, as root on Debian 12: builds p11psk and p11psk-provider from a clean
 # clone of the committed HEAD, runs lintian (errors fail), installs the .debs, runs a TLS 1.3
 # PSK handshake through the INSTALLED daemon, CLI, provider and openssl stanza, checks the
@@ -82,6 +83,7 @@ else
 fi
 CHANGES=$(ls "$W"/p11psk_*_*.changes)
 for p in "${PKGS[@]}"; do
+    # shellcheck disable=SC2012 # our own .deb names: no spaces or newlines
     [ -f "$(ls "$W/${p}"_*_*.deb 2>/dev/null | head -n 1)" ] && pass "built $p" ||
         fail "no $p .deb"
 done
@@ -97,6 +99,7 @@ sed 's/^/   lintian: /' "$W/lintian.log" >&2
 # ---- install ----
 log "== apt-get install"
 debs=()
+# shellcheck disable=SC2012 # our own .deb names: no spaces or newlines
 for p in "${PKGS[@]}"; do debs+=("$(ls "$W/${p}"_*_*.deb | head -n 1)"); done
 installed_here=1
 if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs what is missing, lints, builds, and runs every test through ctest:
 #   0. scripts/lint.sh: SPDX lines, clang-format, shellcheck;
 #   1. clang build, warnings are errors;

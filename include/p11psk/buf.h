@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Bounded byte buffers: every wire message is built and parsed through these. */
 #ifndef P11PSK_BUF_H
 #define P11PSK_BUF_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Blocking client side of the wire protocol, used by the provider and the CLI. */
 #ifndef P11PSK_CLIENT_H
 #define P11PSK_CLIENT_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Monotonic time, the one clock every timeout, TTL and latency figure is measured on. */
 #ifndef P11PSK_CLOCK_H
 #define P11PSK_CLOCK_H

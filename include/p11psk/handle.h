@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * PSK handles: what applications hold instead of a raw PSK.
  *

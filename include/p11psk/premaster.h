@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * TLS 1.0-1.2 PSK premaster secrets (RFC 4279 section 2, RFC 5489 section 2):
  *   u16 n ‖ other(n) ‖ u16 m ‖ psk(m)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11pskd wire protocol: unix stream socket, one request then one response, repeated.
  *

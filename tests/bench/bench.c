@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk-bench: what p11psk costs, measured in one run.
  *   handshakes  in-process TLS handshakes (bench_hs.c), raw keys against a handle on one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* p11psk-bench: handshakes with handles against raw keys, and p11pskd under load. */
 #ifndef P11PSK_BENCH_H
 #define P11PSK_BENCH_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The handshake part of p11psk-bench: in-process handshakes with raw keys against the same
  * with a handle on one side, in interleaved rounds (round r runs both modes, the order

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #define _GNU_SOURCE /* ppoll */
 /*
  * Service load for p11psk-bench: N client threads, each on its own connection to p11pskd,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer harness: the p11pskd.conf parser (shared by the daemon and the CLI), which
  * takes a path, so each input is written to a memfd and loaded through /proc/self/fd/N.

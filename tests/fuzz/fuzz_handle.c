@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer harness: the handle decoder (binary and 96-character hex forms) and the hex
  * decoder. Handles carry a SHA-256 check value a fuzzer will not guess, so when the first

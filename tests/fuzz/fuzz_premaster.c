@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer harness: the TLS 1.2 PSK premaster parser the provider runs on libssl's
  * TLS1-PRF secret (u16 n ‖ other ‖ u16 m ‖ psk), then the handle check it does on psk.
@@ -62,8 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t ol, pl;
 
         CHECK(p11psk_premaster_split(buf, 4 + n + m, &o, &ol, &p, &pl) == 0);
-        CHECK(ol == n && pl == m && memcmp(o, data + 1, n) == 0 &&
-              memcmp(p, data + 1 + n, m) == 0);
+        CHECK(ol == n && pl == m && memcmp(o, data + 1, n) == 0 && memcmp(p, data + 1 + n, m) == 0);
         /* One byte more or less is another shape. */
         CHECK(p11psk_premaster_split(buf, 3 + n + m, &o, &ol, &p, &pl) < 0);
     }

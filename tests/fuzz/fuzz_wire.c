@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer harness: the wire decoder as p11pskd and the clients run it on untrusted bytes.
  * The input is a frame (4-byte header ‖ body); the header is decoded as conn_read does,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # run_fuzzer.sh FUZZER SEEDS WORK ARTIFACTS SECONDS MAX_LEN: runs FUZZER for SECONDS on a
 # fresh copy of the seed corpus SEEDS in WORK (new inputs stay in the build dir, never in
 # the source tree) and prints the executions. Fails on any crash, leak or UBSan report.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk-badclient SOCKET MODE [ARGS]: well-behaved and badly-behaved peers of p11pskd, for
  * tests/integration/malformed.sh. Every mode prints one summary line ("MODE: key=value ...")
@@ -227,8 +228,8 @@ static int mode_good(int secs, int bound_ms, const char *handle_hex)
         if (fd < 0) {
             r = R_EOF;
             snprintf(msg, sizeof(msg), "connect: %s", strerror(errno));
-        } else if (send_all(fd, use_early ? early.buf : ping.buf,
-                            use_early ? earlylen : pinglen) != 0) {
+        } else if (send_all(fd, use_early ? early.buf : ping.buf, use_early ? earlylen : pinglen) !=
+                   0) {
             r = R_EOF;
             snprintf(msg, sizeof(msg), "send: %s", strerror(errno));
         } else {
@@ -254,8 +255,8 @@ static int mode_good(int secs, int bound_ms, const char *handle_hex)
         }
         sleep_ms(20);
     }
-    printf("good: requests=%ld ok=%ld failed=%ld slow=%ld max_ms=%.1f bound_ms=%d\n", n, ok,
-           failed, slow, worst, bound_ms);
+    printf("good: requests=%ld ok=%ld failed=%ld slow=%ld max_ms=%.1f bound_ms=%d\n", n, ok, failed,
+           slow, worst, bound_ms);
     return n > 0 && ok == n ? 0 : 1;
 }
 
@@ -404,8 +405,8 @@ static int hold(const char *mode, int n, int secs, int truncate)
             dropped++;
         close(pfd[i].fd);
     }
-    printf("%s: connections=%d opened=%ld closed_by_daemon=%ld redials=%ld held_s=%d\n", mode,
-           n, opened, dropped, redials, secs);
+    printf("%s: connections=%d opened=%ld closed_by_daemon=%ld redials=%ld held_s=%d\n", mode, n,
+           opened, dropped, redials, secs);
     free(pfd);
     return 0; /* what matters is whether the good client was served meanwhile */
 }
@@ -428,8 +429,8 @@ static int mode_slow(int delay_ms, const char *handle_hex)
         r = read_response(fd, 5000, msg, sizeof(msg));
     if (fd >= 0)
         close(fd);
-    printf("slow: bytes=%zu delay_ms=%d elapsed_ms=%.0f result=%s\n", len, delay_ms,
-           now_ms() - t0, result_str(r));
+    printf("slow: bytes=%zu delay_ms=%d elapsed_ms=%.0f result=%s\n", len, delay_ms, now_ms() - t0,
+           result_str(r));
     return r == P11PSK_ST_OK ? 0 : 1;
 }
 

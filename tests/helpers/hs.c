@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* In-process TLS-PSK handshakes over a BIO pair: see hs.h. */
 #include "hs.h"
 
@@ -78,8 +79,7 @@ static int hs_use_session_cb(SSL *ssl, const EVP_MD *md, const unsigned char **i
     return 1;
 }
 
-static int hs_find_session_cb(SSL *ssl, const unsigned char *id, size_t idlen,
-                              SSL_SESSION **sess)
+static int hs_find_session_cb(SSL *ssl, const unsigned char *id, size_t idlen, SSL_SESSION **sess)
 {
     const p11psk_hs *hs = hs_of(ssl);
 
@@ -138,8 +138,8 @@ static void hs_first_error(char *err, size_t errcap, const char *fallback)
 static SSL_CTX *hs_ctx(const p11psk_hs_config *cfg, int server, char *err, size_t errcap)
 {
     int v = cfg->tls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
-    SSL_CTX *ctx = SSL_CTX_new_ex(cfg->libctx, NULL,
-                                  server ? TLS_server_method() : TLS_client_method());
+    SSL_CTX *ctx =
+        SSL_CTX_new_ex(cfg->libctx, NULL, server ? TLS_server_method() : TLS_client_method());
     int ok;
 
     if (ctx == NULL) {
@@ -226,7 +226,8 @@ static int hs_probe(SSL *from, SSL *to, const char *dir, char *err, size_t errca
     unsigned char sent[HS_PROBE_LEN], got[HS_PROBE_LEN + 1];
     int n;
 
-    if (RAND_bytes(sent, sizeof(sent)) != 1 || SSL_write(from, sent, sizeof(sent)) != sizeof(sent)) {
+    if (RAND_bytes(sent, sizeof(sent)) != 1 ||
+        SSL_write(from, sent, sizeof(sent)) != sizeof(sent)) {
         hs_first_error(err, errcap, "SSL_write failed");
         return 0;
     }

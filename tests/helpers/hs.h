@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * In-process TLS-PSK handshakes: a client and a server SSL in one process, joined by a BIO
  * pair (memory), no sockets. Whatever OpenSSL configuration the process loaded applies to

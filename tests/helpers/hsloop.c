@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk-hsloop: TLS-PSK handshakes in one process, client and server joined by a BIO pair,
  * from any number of threads and optionally on both sides of a fork. Loads OpenSSL's
@@ -75,8 +76,8 @@ static void *hsloop_worker_run(void *arg)
         /* One printf per line: stdio locks the stream, so thread lines never mix. */
         if (w->verbose)
             printf("hs pid=%ld role=%s thread=%d n=%ld start_ms=%lld dur_ms=%lld %s%s\n",
-                   (long)getpid(), w->role, w->thread, i, start, dur, ok ? "ok" : "fail: ",
-                   ok ? "" : err);
+                   (long)getpid(), w->role, w->thread, i, start, dur,
+                   ok ? "ok" : "fail: ", ok ? "" : err);
         if (w->interval_ms > 0 && i + 1 < w->count)
             hsloop_sleep_ms(w->interval_ms);
     }
@@ -162,15 +163,19 @@ static void usage(const char *prog)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"tls13", no_argument, NULL, '3'},        {"tls12", no_argument, NULL, '2'},
-        {"cipher", required_argument, NULL, 'c'}, {"client-psk", required_argument, NULL, 'C'},
-        {"server-psk", required_argument, NULL, 'S'},
-        {"identity", required_argument, NULL, 'i'},
-        {"threads", required_argument, NULL, 't'}, {"count", required_argument, NULL, 'n'},
-        {"interval-ms", required_argument, NULL, 'I'},
-        {"fork", no_argument, NULL, 'f'},         {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"tls13", no_argument, NULL, '3'},
+                                         {"tls12", no_argument, NULL, '2'},
+                                         {"cipher", required_argument, NULL, 'c'},
+                                         {"client-psk", required_argument, NULL, 'C'},
+                                         {"server-psk", required_argument, NULL, 'S'},
+                                         {"identity", required_argument, NULL, 'i'},
+                                         {"threads", required_argument, NULL, 't'},
+                                         {"count", required_argument, NULL, 'n'},
+                                         {"interval-ms", required_argument, NULL, 'I'},
+                                         {"fork", no_argument, NULL, 'f'},
+                                         {"verbose", no_argument, NULL, 'v'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     p11psk_hs_config cfg;
     p11psk_hs *hs = NULL;
     int o, nthreads = 1, interval_ms = 0, do_fork = 0, verbose = 0, have_c = 0, have_s = 0;

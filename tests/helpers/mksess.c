@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Writes a TLS 1.3 external-PSK session (PEM) for `openssl s_client/s_server -psk_session`.
  * `-psk` always builds a SHA-256 session; this lets tests use TLS_AES_256_GCM_SHA384.
@@ -16,7 +17,7 @@ int main(int argc, char **argv)
 {
     unsigned char key[512];
     const SSL_CIPHER *cipher = NULL;
-    STACK_OF(SSL_CIPHER) *ciphers;
+    STACK_OF(SSL_CIPHER) * ciphers;
     SSL_SESSION *sess = NULL;
     SSL_CTX *ctx = NULL;
     SSL *ssl = NULL;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p11psk-wireprobe SOCKET HEX...: sends each HEX argument as raw bytes on one connection
  * and prints, per argument, the daemon's response ("status=NAME msg=TEXT") or "eof".

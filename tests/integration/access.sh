@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Per-key access control by peer credentials, and the audit line each request leaves.
 # Two throwaway users: A may use alpha (uid rule); B may use gamma through a supplementary
 # group (gid rule); everything else is denied by default. The socket is 0660 with a group

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 # The provider's binder-key cache: after the first handshake a TLS 1.3 side on a handle
 # costs one request to p11pskd (the handshake secret); `p11psk rotate` reaches a process
 # that stayed up before its very next handshake (generation page); a process without the
@@ -177,6 +178,7 @@ expect "after a restart: handle on both sides" ok "$h" "$h"
 command -v gcore >/dev/null || die "gcore (package gdb) is missing"
 case ${LD_PRELOAD:-} in
 *asan*)
+    # shellcheck disable=SC1083,SC2093 # bash's exec {fd}>&- closes the coprocess's input
     exec {HSL[1]}>&-
     skip "ASan shadow memory makes core dumps impractical"
     ;;
@@ -231,5 +233,6 @@ if timeout 60 gdb -batch -nx -p "$hpid" -ex 'set dump-excluded-mappings on' \
 else
     fail "control: gdb could not dump with excluded mappings: $(tail -n 2 "$T/gdb.out")"
 fi
+# shellcheck disable=SC1083,SC2093 # bash's exec {fd}>&- closes the coprocess's input
 exec {HSL[1]}>&-
 finish

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 # Connection churn (issue 13): a local user with no allow rule runs 8 connect-and-hang-up
 # loops while good clients work. Accepting a connection must cost little (buffers from a
 # pool locked at start, no readlink), the backlog is SOMAXCONN, and the churning uid is held
@@ -45,6 +46,7 @@ hsloop_bg "$T/openssl.cnf" "$T/hs.out" --tls13 --client-psk "$h" --server-psk "$
 HS_RC=0
 wait "$HS_PID" || HS_RC=$?
 hsloop_collect "$T/hs.out"
+log "handshake loop exit status $HS_RC"
 dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 for p in "${churn_pids[@]}"; do kill -USR1 "$p" 2>/dev/null || true; done
 for p in "${churn_pids[@]}"; do wait "$p" 2>/dev/null || true; done

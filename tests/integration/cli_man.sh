@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The man pages match the programs: every option a command's --help shows is in that
 # command's part of p11psk(1), p11pskd's options and every p11pskd.conf key are in
 # p11pskd(8), every error reason of the provider is in p11psk-provider(7), and the pages

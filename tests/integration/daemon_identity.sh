@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 # The provider and the CLI talk only to a p11pskd run by an allowed user. A fake daemon run by
 # a throwaway user, at a socket path in a directory that user controls, is refused before a
 # single byte is sent (the handshake fails naming its uid and p11psk-daemon-user); naming the

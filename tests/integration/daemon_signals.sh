@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # p11pskd under signals and systemd: SIGHUP reloads the ACL without dropping connections
 # and refuses a bad file; SIGTERM answers requests that have arrived, then exits 0;
 # socket activation (systemd-socket-activate) serves on the passed socket.

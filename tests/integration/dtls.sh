@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # DTLS 1.2 PSK with unmodified openssl s_server/s_client over UDP: a handle against a
 # raw-key peer in both directions and handles on both sides, for plain PSK and ECDHE-PSK;
 # a line each way proves both peers hold the same keys. s_server refuses -rev with DTLS,

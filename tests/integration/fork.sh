@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Fork safety: a process handshakes through the provider (its pool then holds connections
 # to p11pskd), forks, and parent and child both handshake again at the same time. The child
 # must open its own connections: p11pskd's audit line (pid from SO_PEERCRED, taken when a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Interop with GnuTLS holding the raw key: gnutls-serv against s_client on a handle, and
 # gnutls-cli against s_server on a handle, TLS 1.3 and TLS 1.2 PSK.
 # gnutls-serv cannot bind one address, so the whole test runs in a private network

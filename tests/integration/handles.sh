@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does
 # Handles are capabilities (issue 12): a handle carries a tag made with the token's handle
 # key, so knowing a CKA_ID is not enough to build one. Checked here with real tokens and a
 # real p11pskd whose module is OpenSC's pkcs11-spy (to count token searches):
@@ -169,6 +170,7 @@ esac
 # Version 1 handles: refused by name in the provider, before any request.
 v1=d1703131706b01010001$(printf '01%.0s' 1)$(printf '00%.0s' $(seq 15))
 v1+=$(printf '%s' "$v1" | xxd -r -p | sha256sum | cut -c1-12)
+# shellcheck disable=SC2016 # the backquotes are part of the expected message
 expect_fail "version 1 handle refused in the application" \
     'handle version 1 is no longer accepted: re-issue it with `p11psk handle ID`' \
     raw "$raw" handle "$v1" -tls1_3

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # A hung p11pskd (SIGSTOP): a handshake fails within p11psk-timeout-ms plus a small margin,
 # with an error that names the timeout and the socket; after SIGCONT everything works
 # again, also inside a process that kept running across the stop (its timed-out

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # shellcheck shell=bash
 # Shared setup for integration tests: a throwaway SoftHSM2 token, a real p11pskd, and
 # helpers to run real TLS peers. Sourced by each test; everything lives in $T and every

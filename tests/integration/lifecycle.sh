@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # A key's life through the CLI against a running p11pskd that is never restarted:
 # add, handshakes, `p11psk rotate` (new key material, same handle; the daemon is told to
 # drop its cached values), rotation under load, rm's confirmation, list --json, and the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Misbehaving clients against the real p11pskd while a well-behaved one keeps asking: garbage,
 # oversized length fields, truncated frames (closed or stalled past request-timeout-ms), slow
 # writers, a frame split at every byte boundary, and another user holding more stalled

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The proof: an application on a handle never holds the PSK. A live TLS peer on a handle is
 # dumped with gcore in the middle of a session, and the dump is searched for the raw PSK,
 # the TLS 1.3 early secret ES = HKDF-Extract(0, PSK) and Derive-Secret(ES, "derived", ""),

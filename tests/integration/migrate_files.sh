@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # p11psk migrate on PSK files, without applications: what it writes, and that every bad
 # input stops it with the file and line named and nothing changed (file and token).
 # shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does

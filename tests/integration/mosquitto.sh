@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Unmodified mosquitto 2.0 (broker, mosquitto_pub, mosquitto_sub) with PSK handles: the
 # broker's psk_file and the clients' --psk hold handles, raw keys or a mix; a message
 # published must reach a subscriber. TLS 1.3 and TLS 1.2 (forced through openssl.cnf

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Handshakes that must fail, and say why: an unknown key, a corrupted handle, a stopped
 # p11pskd, a key the ACL does not allow.
 . "$(dirname "$0")/lib.sh"

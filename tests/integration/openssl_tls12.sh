@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # TLS 1.2 PSK handshakes for the suites users named, through the token path (32-byte key,
 # imported with softhsm2-util) and the read path (16-byte key added with --readable); a
 # 16-byte key that is not readable is refused with an error that names the fixes.

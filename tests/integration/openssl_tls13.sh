@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # TLS 1.3 PSK handshakes: openssl s_client/s_server on a handle against a raw-key peer with no
 # provider, in both directions and with handles on both sides; SHA-256 and SHA-384 suites;
 # keys provisioned with softhsm2-util --import --aes and with `p11psk add`.

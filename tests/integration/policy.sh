@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Daemon policy: allow-psk-ke, readable-keys, digests and rate-limit, each shown refusing
 # with a reason that names the setting, next to a control that the same handshake works
 # when the policy allows it. Bad values are startup errors naming the line.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The wire protocol against the real p11pskd: malformed frames get an error response and
 # the connection is closed; the daemon keeps serving everyone else.
 # shellcheck disable=SC2015 # pass returns 0, so `check && pass || fail` fails only if check does

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Remote token (issue 7): `p11-kit server` exports the SoftHSM2 token from a separate process
 # on a unix socket; p11pskd loads only p11-kit-client.so and reaches the token through that
 # socket, configured with `p11-kit-server-address = unix:path=...` and, separately, with

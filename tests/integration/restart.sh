@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # p11pskd restarts under a running application: handshakes during the outage wait for it
 # (connect is retried within the timeout) or fail with a clean "unreachable"/"connection lost"
 # error, every handshake after p11pskd is back works

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # p11psk status / metrics against a real p11pskd: the report, JSON whose counts match the
 # audit log, Prometheus text that passes a format check, and the status permission: a
 # non-root user is refused with a message naming allow-status, and allowed after an

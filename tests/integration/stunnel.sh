@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Unmodified stunnel4 with handles in its PSKsecrets files: a stunnel client and server
 # with a plain TCP backend behind the server, 64 KiB of random data each way, TLS 1.3 and
 # TLS 1.2 (PSK-AES128-GCM-SHA256); handle against raw key in both directions and handles on

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # One process, many threads, all handshaking through the provider at once (in-process
 # client and server over BIO pairs): no failure, no mixed-up answers (each handshake checks
 # data both ways), and p11pskd really served the derivations.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Token faults (issue 5) on a remote token (issue 7): p11pskd serves a SoftHSM2 token through
 # p11-kit-client.so from a `p11-kit server`, which is then taken away while p11pskd runs.
 #  * The server's listener is killed: p11pskd's established connection lives in a separate

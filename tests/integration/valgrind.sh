@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # p11pskd under valgrind (memcheck): TLS 1.3 and TLS 1.2 handshakes with a handle on either
 # side against raw-key peers, then SIGTERM. valgrind must exit 0 (no memory errors, no
 # definite leaks) and its log must say so. Third-party noise would go in tests/valgrind.supp

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Ladder tests against a real SoftHSM2 token in a temporary directory: every token-side
  * derivation must equal OpenSSL's computation over the raw key, and the ladder must take the

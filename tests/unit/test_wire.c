@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Wire protocol encode, decode and reject, including truncated and oversized frames. */
 #include <check.h>
 #include <stdlib.h>
