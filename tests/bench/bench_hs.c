@@ -244,8 +244,8 @@ int bench_handshakes(const bench_hs_params *p)
             hc.cipher = suites[s].cipher;
             hc.libctx = m == M_RAW ? plain : NULL;
             snprintf(hc.identity, sizeof(hc.identity), "bench-hs");
-            memcpy(hc.client_psk, m == M_HANDLE ? handle : raw, 32);
-            hc.client_psk_len = 32;
+            hc.client_psk_len = m == M_HANDLE ? sizeof(handle) : sizeof(raw);
+            memcpy(hc.client_psk, m == M_HANDLE ? handle : raw, hc.client_psk_len);
             memcpy(hc.server_psk, raw, 32);
             hc.server_psk_len = 32;
             hs[m] = p11psk_hs_new(&hc, err, sizeof(err));
