@@ -167,13 +167,52 @@ static int write_all(int fd, const uint8_t *p, size_t n, long long deadline, int
     return 0;
 }
 
-/* Reads exactly n bytes. *got counts what arrived, so callers can tell a clean EOF. */
-static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *got, int *err)
+/* Keeps the first descriptor of an SCM_RIGHTS message in *fd and closes the others. */
+static void take_fds(struct msghdr *mh, int *fd)
+{
+    struct cmsghdr *h;
+
+    for (h = CMSG_FIRSTHDR(mh); h != NULL; h = CMSG_NXTHDR(mh, h)) {
+        size_t i, n;
+
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < n; i++) {
+            int got;
+
+            memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+            if (*fd < 0)
+                *fd = got;
+            else
+                close(got);
+        }
+    }
+}
+
+/* Reads exactly n bytes. *got counts what arrived, so callers can tell a clean EOF. With
+ * passed, descriptors that ride on the bytes (SCM_RIGHTS) are taken too: the first is kept
+ * in *passed, any other closed. */
+static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *got, int *err,
+                    int *passed)
 {
     while (*got < n) {
-        ssize_t r = recv(fd, p + *got, n - *got, 0);
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(4 * sizeof(int))];
+        } cm;
+        struct iovec iov = {p + *got, n - *got};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        ssize_t r;
 
+        if (passed != NULL) {
+            mh.msg_control = cm.b;
+            mh.msg_controllen = sizeof(cm.b);
+        }
+        r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
         if (r > 0) {
+            if (passed != NULL)
+                take_fds(&mh, passed);
             *got += (size_t)r;
             continue;
         }
@@ -198,8 +237,10 @@ static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *go
     return 0;
 }
 
+/* One request and its answer on c's connection; with passed, a descriptor riding on the
+ * answer's header lands in *passed. */
 static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
-                     int *err)
+                     int *err, int *passed)
 {
     long long deadline = p11psk_mono_ms() + c->timeout_ms;
     uint8_t hdr[P11PSK_WIRE_HDR];
@@ -209,13 +250,13 @@ static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     rc = write_all(c->fd, req->buf, req->w.len, deadline, err);
     if (rc != 0)
         return rc;
-    rc = read_all(c->fd, hdr, sizeof(hdr), deadline, &got, err);
+    rc = read_all(c->fd, hdr, sizeof(hdr), deadline, &got, err, passed);
     if (rc != 0)
         return rc;
     if (p11psk_wire_header(hdr, &bodylen) != P11PSK_WIRE_OK)
         return P11PSK_CALL_PROTO;
     got = 0;
-    rc = read_all(c->fd, resp, bodylen, deadline, &got, err);
+    rc = read_all(c->fd, resp, bodylen, deadline, &got, err, NULL);
     if (rc != 0)
         return rc;
     if (p11psk_msg_parse(resp, bodylen, m) != P11PSK_WIRE_OK)
@@ -261,92 +302,23 @@ int p11psk_conn_call(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     reused = c->fd >= 0;
     if (!reused && (rc = conn_open(c, err)) != 0)
         return rc;
-    rc = call_once(c, req, resp, m, err);
+    rc = call_once(c, req, resp, m, err, NULL);
     if (rc == P11PSK_CALL_IO && reused) {
         /* The daemon may have restarted since this connection was opened. */
         p11psk_conn_close(c);
         c->reopened = 1;
         if ((rc = conn_open(c, err)) != 0)
             return rc;
-        rc = call_once(c, req, resp, m, err);
+        rc = call_once(c, req, resp, m, err, NULL);
     }
     if (rc != P11PSK_CALL_OK)
         p11psk_conn_close(c);
     return rc;
 }
 
-/* Keeps the first descriptor of an SCM_RIGHTS message in *fd and closes the others. */
-static void take_fds(struct msghdr *mh, int *fd)
-{
-    struct cmsghdr *h;
-
-    for (h = CMSG_FIRSTHDR(mh); h != NULL; h = CMSG_NXTHDR(mh, h)) {
-        size_t i, n;
-
-        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-            continue;
-        n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (i = 0; i < n; i++) {
-            int got;
-
-            memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
-            if (*fd < 0)
-                *fd = got;
-            else
-                close(got);
-        }
-    }
-}
-
-/* Reads the header with recvmsg: the descriptor rides on the answer's first byte. */
-static int read_hdr_fd(int fd, uint8_t *hdr, long long deadline, int *passed, int *err)
-{
-    size_t got = 0;
-
-    while (got < P11PSK_WIRE_HDR) {
-        union {
-            struct cmsghdr h;
-            char b[CMSG_SPACE(4 * sizeof(int))];
-        } cm;
-        struct iovec iov = {hdr + got, P11PSK_WIRE_HDR - got};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-        ssize_t r;
-
-        mh.msg_control = cm.b;
-        mh.msg_controllen = sizeof(cm.b);
-        r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-        if (r > 0) {
-            take_fds(&mh, passed);
-            got += (size_t)r;
-            continue;
-        }
-        if (r == 0) {
-            *err = ECONNRESET;
-            return P11PSK_CALL_IO;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_fd(fd, POLLIN, deadline);
-
-            if (rc != 0) {
-                *err = rc == P11PSK_CALL_TIMEOUT ? ETIMEDOUT : errno;
-                return rc;
-            }
-            continue;
-        }
-        *err = errno;
-        return P11PSK_CALL_IO;
-    }
-    return 0;
-}
-
 int p11psk_conn_call_fd(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                         int *fd, int *err)
 {
-    long long deadline = p11psk_mono_ms() + c->timeout_ms;
-    uint8_t hdr[P11PSK_WIRE_HDR];
-    size_t got = 0, bodylen = 0;
     int rc, dummy;
 
     *fd = -1;
@@ -357,14 +329,7 @@ int p11psk_conn_call_fd(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, 
         return P11PSK_CALL_PROTO;
     if (c->fd < 0 && (rc = conn_open(c, err)) != 0)
         return rc;
-    if ((rc = write_all(c->fd, req->buf, req->w.len, deadline, err)) == 0 &&
-        (rc = read_hdr_fd(c->fd, hdr, deadline, fd, err)) == 0) {
-        if (p11psk_wire_header(hdr, &bodylen) != P11PSK_WIRE_OK)
-            rc = P11PSK_CALL_PROTO;
-        else if ((rc = read_all(c->fd, resp, bodylen, deadline, &got, err)) == 0 &&
-                 p11psk_msg_parse(resp, bodylen, m) != P11PSK_WIRE_OK)
-            rc = P11PSK_CALL_PROTO;
-    }
+    rc = call_once(c, req, resp, m, err, fd);
     if (rc != P11PSK_CALL_OK) {
         p11psk_conn_close(c);
         if (*fd >= 0)

@@ -130,6 +130,9 @@ else
     fail "no derivation for stunnel pid $STUNNEL_PID in the daemon log"
 fi
 kill "$STUNNEL_PID" 2>/dev/null || true
+# The openssl peers below load the provider: in the sanitizer build they need the ASan
+# runtime that only stunnel had above.
+if [ -n "$STUNNEL_PRELOAD" ]; then export LD_PRELOAD=$STUNNEL_PRELOAD; fi
 
 # --- validity windows.
 yesterday=$(date -u -d yesterday +%F)

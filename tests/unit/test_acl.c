@@ -12,6 +12,7 @@
 
 #include "acl.h"
 #include "config.h"
+#include "unit.h"
 
 static char err[512];
 
@@ -302,8 +303,6 @@ int main(void)
 {
     Suite *s = suite_create("acl");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, deny_by_default);
     tcase_add_test(tc, glob_without_conditions);
@@ -318,9 +317,5 @@ int main(void)
     tcase_add_test(tc, perm_needs_conditions);
     tcase_add_loop_test(tc, startup_error_names_file_line, 0, 3);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

@@ -7,6 +7,7 @@
 
 #include "cache.h"
 #include "p11psk/handle.h"
+#include "unit.h"
 
 static const uint8_t ID_A[] = {0x01, 0x02, 0x03, 0x04};
 static const uint8_t ID_B[] = {0x01, 0x02, 0x03, 0x05};
@@ -359,8 +360,6 @@ int main(void)
 {
     Suite *s = suite_create("cache");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, hit_after_put);
     tcase_add_test(tc, entries_are_distinct);
@@ -376,9 +375,5 @@ int main(void)
     tcase_add_test(tc, disabled_stores_nothing);
     tcase_add_test(tc, bad_input_ignored);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

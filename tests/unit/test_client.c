@@ -20,6 +20,7 @@
 #include "p11psk/clock.h"
 #include "p11psk/client.h"
 #include "p11psk/wire.h"
+#include "unit.h"
 
 enum mode {
     KEEP,       /* answer every request, keep the connection */
@@ -308,8 +309,6 @@ int main(void)
 {
     Suite *s = suite_create("client");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, reuses_live_connection);
@@ -319,9 +318,5 @@ int main(void)
     tcase_add_test(tc, unreachable);
     tcase_add_test(tc, error_texts);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

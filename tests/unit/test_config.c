@@ -14,6 +14,7 @@
 #include "log.h"
 #include "p11psk/client.h"
 #include "p11psk/handle.h"
+#include "unit.h"
 
 static char path[64];
 static char err[2048];
@@ -473,8 +474,6 @@ int main(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, defaults);
     tcase_add_test(tc, shipped_file);
@@ -490,9 +489,5 @@ int main(void)
     tcase_add_test(tc, pin_read);
     tcase_add_test(tc, unsafe_files);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "p11psk/handle.h"
+#include "unit.h"
 
 #define TAG_OFF 26
 #define CHECK_OFF 42
@@ -297,8 +298,6 @@ int main(void)
 {
     Suite *s = suite_create("handle");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, roundtrip_psk);
     tcase_add_test(tc, v2_layout);
@@ -313,9 +312,5 @@ int main(void)
     tcase_add_test(tc, hex_form);
     tcase_add_test(tc, md_and_hex);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

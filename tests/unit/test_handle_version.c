@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "p11psk/handle.h"
+#include "unit.h"
 
 /* p11psk_handle_encode's success value; 0 = success, the project convention. */
 #define ENCODE_OK(rc) ((rc) == 0)
@@ -107,16 +108,10 @@ int main(void)
 {
     Suite *s = suite_create("handle_version");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_loop_test(tc, recomputed_check_still_valid, 0, 3);
     tcase_add_loop_test(tc, wrong_version_refused, 0, 3);
     tcase_add_test(tc, wrong_version_refused_in_hex);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

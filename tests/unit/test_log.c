@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "unit.h"
 
 static char out[256];
 
@@ -84,8 +85,6 @@ int main(void)
 {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, plain_values_pass);
     tcase_add_test(tc, quoted_values);
@@ -93,9 +92,5 @@ int main(void)
     tcase_add_test(tc, truncation_keeps_a_whole_value);
     tcase_add_test(tc, first_ctrl);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

@@ -6,6 +6,7 @@
 
 #include "p11psk/handle.h"
 #include "policy.h"
+#include "unit.h"
 
 static char err[256];
 
@@ -222,8 +223,6 @@ int main(void)
 {
     Suite *s = suite_create("policy");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, defaults);
     tcase_add_test(tc, not_a_policy_key);
@@ -236,9 +235,5 @@ int main(void)
     tcase_add_test(tc, rate_per_uid);
     tcase_add_test(tc, rate_slots_recycled);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }

@@ -6,6 +6,7 @@
 
 #include "p11psk/ops.h"
 #include "p11psk/wire.h"
+#include "unit.h"
 
 static size_t build_request(p11psk_frame *fr)
 {
@@ -248,8 +249,6 @@ int main(void)
 {
     Suite *s = suite_create("wire");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, roundtrip);
     tcase_add_test(tc, every_truncation_rejected);
@@ -259,9 +258,5 @@ int main(void)
     tcase_add_test(tc, op_table_consistent);
     tcase_add_test(tc, op_validate);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return p11psk_unit_run(s);
 }
