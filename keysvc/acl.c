@@ -178,6 +178,12 @@ static int in_group(const p11psk_acl_peer *peer, gid_t gid)
     return 0;
 }
 
+/* The rule's uid= and gid= conditions hold for peer (a rule without them applies to all). */
+static int rule_applies(const p11psk_acl_rule *r, const p11psk_acl_peer *peer)
+{
+    return (!r->has_uid || r->uid == peer->uid) && (!r->has_gid || in_group(peer, r->gid));
+}
+
 const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
                                         const p11psk_acl_peer *peer)
 {
@@ -188,9 +194,7 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
 
         if (r->kind != P11PSK_ACL_KEY)
             continue;
-        if (r->has_uid && r->uid != peer->uid)
-            continue;
-        if (r->has_gid && !in_group(peer, r->gid))
+        if (!rule_applies(r, peer))
             continue;
         if (fnmatch(r->glob, ident, 0) == 0)
             return r;
@@ -207,9 +211,7 @@ int p11psk_acl_peer_has_any_rule(const p11psk_acl *acl, const p11psk_acl_peer *p
 
         if (r->kind != P11PSK_ACL_KEY)
             continue;
-        if (r->has_uid && r->uid != peer->uid)
-            continue;
-        if (r->has_gid && !in_group(peer, r->gid))
+        if (!rule_applies(r, peer))
             continue;
         return 1;
     }
@@ -225,9 +227,7 @@ int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer
 
         if (r->kind != kind && !(r->kind == P11PSK_ACL_ADMIN && kind == P11PSK_ACL_STATUS))
             continue;
-        if (r->has_uid && r->uid != peer->uid)
-            continue;
-        if (r->has_gid && !in_group(peer, r->gid))
+        if (!rule_applies(r, peer))
             continue;
         return 1;
     }
