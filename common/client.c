@@ -190,11 +190,12 @@ static void take_fds(struct msghdr *mh, int *fd)
     }
 }
 
-/* Reads exactly n bytes. *got counts what arrived, so callers can tell a clean EOF. With
- * passed, descriptors that ride on the bytes (SCM_RIGHTS) are taken too: the first is kept
- * in *passed, any other closed. */
-static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *got, int *err,
-                    int *passed)
+/* Reads exactly n bytes. *got counts what arrived, so callers can tell a clean EOF. Until
+ * spin_until (p11psk_mono_us; 0: never) it polls instead of sleeping. With passed,
+ * descriptors that ride on the bytes (SCM_RIGHTS) are taken too: the first is kept in
+ * *passed, any other closed. */
+static int read_all(int fd, uint8_t *p, size_t n, long long deadline, long long spin_until,
+                    size_t *got, int *err, int *passed)
 {
     while (*got < n) {
         union {
@@ -223,7 +224,12 @@ static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *go
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_fd(fd, POLLIN, deadline);
+            int rc;
+
+            /* Polling for a few us is cheaper than waking up from a sleep (see cpuidle.h). */
+            if (spin_until > 0 && p11psk_mono_us() < spin_until)
+                continue;
+            rc = wait_fd(fd, POLLIN, deadline);
 
             if (rc != 0) {
                 *err = rc == P11PSK_CALL_TIMEOUT ? ETIMEDOUT : errno;
@@ -242,7 +248,7 @@ static int read_all(int fd, uint8_t *p, size_t n, long long deadline, size_t *go
 static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11psk_msg *m,
                      int *err, int *passed)
 {
-    long long deadline = p11psk_mono_ms() + c->timeout_ms;
+    long long deadline = p11psk_mono_ms() + c->timeout_ms, spin_until;
     uint8_t hdr[P11PSK_WIRE_HDR];
     size_t got = 0, bodylen = 0;
     int rc;
@@ -250,13 +256,14 @@ static int call_once(p11psk_conn *c, const p11psk_frame *req, uint8_t *resp, p11
     rc = write_all(c->fd, req->buf, req->w.len, deadline, err);
     if (rc != 0)
         return rc;
-    rc = read_all(c->fd, hdr, sizeof(hdr), deadline, &got, err, passed);
+    spin_until = c->spin_us > 0 ? p11psk_mono_us() + c->spin_us : 0;
+    rc = read_all(c->fd, hdr, sizeof(hdr), deadline, spin_until, &got, err, passed);
     if (rc != 0)
         return rc;
     if (p11psk_wire_header(hdr, &bodylen) != P11PSK_WIRE_OK)
         return P11PSK_CALL_PROTO;
     got = 0;
-    rc = read_all(c->fd, resp, bodylen, deadline, &got, err, NULL);
+    rc = read_all(c->fd, resp, bodylen, deadline, spin_until, &got, err, NULL);
     if (rc != 0)
         return rc;
     if (p11psk_msg_parse(resp, bodylen, m) != P11PSK_WIRE_OK)

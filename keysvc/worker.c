@@ -10,10 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "p11psk/clock.h"
+#include "p11psk/cpuidle.h"
 
 /* Per wake-up, so that workers share new connections; large enough that a connection storm
  * is drained faster than it fills the backlog. */
@@ -160,43 +162,15 @@ static long long worker_deadlines(worker *w, long long now)
 }
 
 #define EVENTS_MAX 64
-#define RUNQ_CHECK_US 1000 /* how long a run-queue reading is trusted */
+/* A polling worker rereads the run queue this often: it must stop soon once CPUs are busy. */
+#define RUNQ_MAX_AGE_US 50
 
-/*
- * busy-poll-idle: 1 while fewer threads are runnable host-wide than there are CPUs (this
- * worker, polling, counts itself), so polling takes no CPU an application thread could
- * use. /proc/loadavg's fourth field is the instantaneous count; it is read at most once
- * per RUNQ_CHECK_US per worker (a pread, ~2 us). Unreadable: no polling.
- */
-static int runq_has_idle_cpu(void)
+/* This thread's involuntary context switches: it was runnable, and the CPU went to another. */
+static long involuntary_switches(void)
 {
-    static __thread int fd = -2, idle;
-    static __thread long long checked_us;
-    static long ncpu;
-    long long now = p11psk_mono_us();
-    char buf[128], *p;
-    ssize_t n;
-    long running;
+    struct rusage ru;
 
-    if (now - checked_us < RUNQ_CHECK_US)
-        return idle;
-    checked_us = now;
-    idle = 0;
-    if (ncpu == 0)
-        ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (fd == -2)
-        fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || ncpu < 1 || (n = pread(fd, buf, sizeof(buf) - 1, 0)) <= 0)
-        return idle;
-    buf[n] = '\0';
-    /* "0.52 0.58 0.59 3/611 12345": the word after the third space, up to '/'. */
-    p = strchr(buf, ' ');
-    p = p != NULL ? strchr(p + 1, ' ') : NULL;
-    p = p != NULL ? strchr(p + 1, ' ') : NULL;
-    if (p == NULL || (running = strtol(p + 1, NULL, 10)) <= 0)
-        return idle;
-    idle = running <= ncpu;
-    return idle;
+    return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
 }
 
 void *worker_main(void *arg)
@@ -204,7 +178,9 @@ void *worker_main(void *arg)
     worker *w = arg;
     server *s = w->s;
     struct epoll_event ev[EVENTS_MAX], lev;
-    long long now, next = 0, last_work_us = 0;
+    long long now, next = 0, last_work_us = 0, gap_us = -1, work_us;
+    long poll_iv = -1; /* involuntary context switches when this polling phase began */
+    int yielded = 0;
     int i, n, timeout;
 
     /* The listening socket is shared: EPOLLEXCLUSIVE wakes one worker per connection. */
@@ -219,14 +195,31 @@ void *worker_main(void *arg)
         now = p11psk_mono_ms();
         timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
         /* busy-poll-us: right after work, poll without sleeping for a while. A sleeping
-         * thread is slow to wake on some VMs, and handshakes ask again within ~100 us. */
-        if (s->cfg->busy_poll_us > 0 &&
+         * thread is slow to wake on some VMs, and a busy application asks again within a few
+         * hundred us. Only when the last work also came within that window: sparse requests
+         * would never be caught by polling, so they do not pay for it. */
+        if (s->cfg->busy_poll_us > 0 && !yielded && gap_us >= 0 &&
+            gap_us < (long long)s->cfg->busy_poll_us &&
             p11psk_mono_us() - last_work_us < (long long)s->cfg->busy_poll_us &&
-            (!s->cfg->busy_poll_idle || runq_has_idle_cpu()))
-            timeout = 0;
+            (!s->cfg->busy_poll_idle || p11psk_cpu_idle(RUNQ_MAX_AGE_US))) {
+            /* Preempted while polling: another thread wants this CPU; sleep until work. */
+            long iv = involuntary_switches();
+
+            if (poll_iv < 0)
+                poll_iv = iv;
+            if (iv == poll_iv || !s->cfg->busy_poll_idle)
+                timeout = 0;
+            else
+                yielded = 1;
+        }
         n = epoll_wait(w->ep, ev, EVENTS_MAX, timeout);
-        if (n > 0)
-            last_work_us = p11psk_mono_us();
+        if (n > 0) {
+            work_us = p11psk_mono_us();
+            gap_us = last_work_us > 0 ? work_us - last_work_us : -1;
+            last_work_us = work_us;
+            poll_iv = -1;
+            yielded = 0;
+        }
         if (n < 0 && errno != EINTR) {
             p11psk_log(P11PSK_LOG_ERROR, "epoll_wait: %s", strerror(errno));
             break;

@@ -6,16 +6,25 @@
  *
  * A call takes an idle connection of its pool (or opens a new one), runs its request without
  * holding any lock and gives the connection back, so threads never share a connection and
- * never wait for each other's round trips. A pool's lock only guards its lists and is never
- * held across I/O, which also keeps the fork handlers short. The fork handlers reach every
+ * never wait for each other's round trips.
+ *
+ * While it waits for the answer a thread polls instead of sleeping, for at most twice the
+ * round trip this pool has been seeing (bounded by p11psk-spin-us), and only while a CPU is
+ * idle: on VMs waking a sleeping thread can cost several round trips, and a polling thread
+ * must never keep another runnable thread off a CPU. A pool's lock only guards its lists and is
+ * never held across I/O, which also keeps the fork handlers short. The fork handlers reach every
  * live pool through a registry.
  */
 #include "prov.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "p11psk/clock.h"
+#include "p11psk/cpuidle.h"
 
 /* Idle connections kept per pool; more concurrent calls open (and then close) extras. */
 #define P11PSK_POOL_IDLE_MAX 8
@@ -32,7 +41,9 @@ struct p11psk_pool {
     char path[sizeof(((p11psk_conn *)0)->path)];
     int timeout_ms;
     p11psk_daemon_users users;
-    pid_t pid; /* process the connections belong to */
+    int spin_max_us;    /* p11psk-spin-us: 0 turns polling off */
+    atomic_int rtt_us8; /* round trips on reused connections, moving average x 8 */
+    pid_t pid;          /* process the connections belong to */
     int nidle;
     P11PSK_POOL_CONN *idle;
     P11PSK_POOL_CONN *busy; /* checked out by a call; known so that a child can drop them */
@@ -137,7 +148,8 @@ static void atfork_register(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
-P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users)
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, int spin_us,
+                             const p11psk_daemon_users *users)
 {
     P11PSK_POOL *pool;
     p11psk_conn c;
@@ -150,6 +162,7 @@ P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daem
     memcpy(pool->path, c.path, sizeof(pool->path));
     pool->timeout_ms = c.timeout_ms;
     pool->users = c.users;
+    pool->spin_max_us = spin_us > 0 ? spin_us : 0;
     pool->pid = getpid();
     pthread_mutex_init(&pool->lock, NULL);
     pthread_mutex_lock(&registry_lock);
@@ -240,6 +253,32 @@ static void pool_put(P11PSK_POOL *pool, P11PSK_POOL_CONN *pcn)
         pool_conn_free(pcn);
 }
 
+/* A run-queue reading is reused for this long (one read per ms in a busy process). */
+#define RUNQ_MAX_AGE_US 1000
+
+/* How long the next call may poll for its answer: see the top of this file. */
+static int pool_spin_us(P11PSK_POOL *pool)
+{
+    int est = atomic_load_explicit(&pool->rtt_us8, memory_order_relaxed) / 8;
+
+    if (pool->spin_max_us == 0 || !p11psk_cpu_idle(RUNQ_MAX_AGE_US))
+        return 0;
+    /* Nothing seen yet: the limit. Else twice the average, enough for most answers. */
+    return est == 0 || 2 * est > pool->spin_max_us ? pool->spin_max_us : 2 * est;
+}
+
+/* Feeds one round trip on a reused connection (a connect is not a round trip) to the average. */
+static void pool_observe(P11PSK_POOL *pool, long long us)
+{
+    int old = atomic_load_explicit(&pool->rtt_us8, memory_order_relaxed), v;
+
+    if (us > P11PSK_SPIN_MAX_US * 8)
+        us = P11PSK_SPIN_MAX_US * 8;
+    /* avg += (x - avg) / 8, kept x 8; a lost update between racing threads is harmless. */
+    v = old == 0 ? (int)us * 8 : old + (int)us - old / 8;
+    atomic_store_explicit(&pool->rtt_us8, v, memory_order_relaxed);
+}
+
 static int status_reason(int st)
 {
     switch (st) {
@@ -270,7 +309,8 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
                     size_t outlen)
 {
     char msg[512] = "", why[512];
-    int rc, err = 0, ok = 0, bad_out = 0, has_ckr = 0, st = -1;
+    int rc, err = 0, ok = 0, bad_out = 0, has_ckr = 0, st = -1, reused;
+    long long t0;
     uint8_t op = req->buf[P11PSK_WIRE_HDR + 1];
     P11PSK_POOL_CONN *pcn;
     uint32_t ckr = 0;
@@ -293,7 +333,12 @@ int p11psk_svc_call(const P11PSK_PROV_CTX *pc, p11psk_frame *req, int outtag, ui
     }
 
     /* No lock held: this connection is ours alone until pool_put. */
+    reused = pcn->conn.fd >= 0;
+    pcn->conn.spin_us = pool_spin_us(pc->pool);
+    t0 = p11psk_mono_us();
     rc = p11psk_conn_call(&pcn->conn, req, pcn->resp, &m, &err);
+    if (rc == P11PSK_CALL_OK && reused && !pcn->conn.reopened)
+        pool_observe(pc->pool, p11psk_mono_us() - t0);
     if (pcn->conn.reopened)
         p11psk_debug("%s: pooled connection to %s was stale (p11pskd restarted?), reopened",
                      p11psk_op_str(op), pcn->conn.path);

@@ -32,6 +32,10 @@
 #define P11PSK_DELEGATE_PROPQ "provider!=p11psk"
 #define P11PSK_CONF_SOCKET "p11psk-socket"
 #define P11PSK_CONF_TIMEOUT "p11psk-timeout-ms"
+/* How long a thread may poll for p11pskd's answer before sleeping; only while a CPU is idle. */
+#define P11PSK_CONF_SPIN "p11psk-spin-us"
+#define P11PSK_SPIN_DEFAULT_US 200
+#define P11PSK_SPIN_MAX_US 10000
 #define P11PSK_CONF_BCACHE_TTL "p11psk-binder-cache-ttl"
 #define P11PSK_BCACHE_TTL_DEFAULT 60 /* seconds */
 
@@ -124,7 +128,8 @@ const char *p11psk_reason_str(int reason); /* provider.c */
                  (reason), __VA_ARGS__)
 
 /* conn.c. The pool copies what it is given; NULL when out of memory. */
-P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, const p11psk_daemon_users *users);
+P11PSK_POOL *p11psk_pool_new(const char *path, int timeout_ms, int spin_us,
+                             const p11psk_daemon_users *users);
 /* At provider teardown: closes every connection and cleanses the buffers. */
 void p11psk_pool_free(P11PSK_POOL *pool);
 /*

@@ -179,26 +179,42 @@ static const OSSL_DISPATCH p11psk_dispatch[] = {
 typedef struct {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int timeout_ms;
+    int spin_us;
     p11psk_daemon_users users;
 } prov_conf;
 
+/* A whole number in lo..hi from openssl.cnf or the environment (named src). */
+static int conf_number(const char *v, const char *src, long lo, long hi, const char *unit, int *out,
+                       char *err, size_t errcap)
+{
+    char *end;
+    long t;
+
+    errno = 0;
+    t = strtol(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || t < lo || t > hi) {
+        snprintf(err, errcap, "%s \"%.64s\": expected %s in %ld..%ld", src, v, unit, lo, hi);
+        return -1;
+    }
+    *out = (int)t;
+    return 0;
+}
+
 /*
- * Socket path, timeout and daemon users: openssl.cnf provider section, then the environment
- * (P11PSK_SOCKET, P11PSK_TIMEOUT_MS, P11PSK_DAEMON_USER). secure_getenv ignores the
- * environment in setuid/setgid programs (getauxval(AT_SECURE) != 0): whoever runs one must
- * not point it at a daemon of their own. Returns -1 with the first problem in err when a
- * value is invalid; the path and timeout stay usable, an invalid user list allows nobody.
+ * Socket path, timeout, spin limit and daemon users: openssl.cnf provider section, then the
+ * environment (P11PSK_SOCKET, P11PSK_TIMEOUT_MS, P11PSK_SPIN_US, P11PSK_DAEMON_USER). secure_getenv
+ * ignores the environment in setuid/setgid programs (getauxval(AT_SECURE) != 0): whoever runs one
+ * must not point it at a daemon of their own. Returns -1 with the first problem in err when a value
+ * is invalid; the path and timeout stay usable, an invalid user list allows nobody.
  */
 static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, prov_conf *cf,
                        char *err, size_t errcap)
 {
     OSSL_FUNC_core_get_params_fn *c_get_params = NULL;
-    const char *cfg_path = NULL, *cfg_timeout = NULL, *cfg_users = NULL, *env;
+    const char *cfg_path = NULL, *cfg_timeout = NULL, *cfg_spin = NULL, *cfg_users = NULL, *env;
     const char *path_src = P11PSK_CONF_SOCKET, *timeout_src = P11PSK_CONF_TIMEOUT;
-    const char *users_src = P11PSK_CONF_DAEMON_USER;
+    const char *spin_src = P11PSK_CONF_SPIN, *users_src = P11PSK_CONF_DAEMON_USER;
     char why[160];
-    char *end;
-    long t;
     int ret = 0;
 
     for (; in->function_id != 0; in++)
@@ -208,10 +224,11 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         OSSL_PARAM params[] = {OSSL_PARAM_utf8_ptr(P11PSK_CONF_SOCKET, (char **)&cfg_path, 0),
                                OSSL_PARAM_utf8_ptr(P11PSK_CONF_TIMEOUT, (char **)&cfg_timeout, 0),
                                OSSL_PARAM_utf8_ptr(P11PSK_CONF_DAEMON_USER, (char **)&cfg_users, 0),
+                               OSSL_PARAM_utf8_ptr(P11PSK_CONF_SPIN, (char **)&cfg_spin, 0),
                                OSSL_PARAM_END};
 
         if (!c_get_params(handle, params))
-            cfg_path = cfg_timeout = cfg_users = NULL;
+            cfg_path = cfg_timeout = cfg_users = cfg_spin = NULL;
     }
     if ((env = secure_getenv("P11PSK_SOCKET")) != NULL && env[0] != '\0') {
         cfg_path = env;
@@ -220,6 +237,10 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     if ((env = secure_getenv("P11PSK_TIMEOUT_MS")) != NULL && env[0] != '\0') {
         cfg_timeout = env;
         timeout_src = "P11PSK_TIMEOUT_MS";
+    }
+    if ((env = secure_getenv("P11PSK_SPIN_US")) != NULL && env[0] != '\0') {
+        cfg_spin = env;
+        spin_src = "P11PSK_SPIN_US";
     }
     if ((env = secure_getenv("P11PSK_DAEMON_USER")) != NULL && env[0] != '\0') {
         cfg_users = env;
@@ -237,19 +258,15 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     snprintf(cf->path, sizeof(cf->path), "%s", cfg_path);
 
     cf->timeout_ms = P11PSK_DEFAULT_TIMEOUT_MS;
-    if (cfg_timeout != NULL) {
-        errno = 0;
-        t = strtol(cfg_timeout, &end, 10);
-        if (errno != 0 || end == cfg_timeout || *end != '\0' || t <= 0 ||
-            t > P11PSK_TIMEOUT_MAX_MS) {
-            if (ret == 0)
-                snprintf(err, errcap, "%s \"%.64s\": expected milliseconds in 1..%d", timeout_src,
-                         cfg_timeout, P11PSK_TIMEOUT_MAX_MS);
-            ret = -1;
-        } else {
-            cf->timeout_ms = (int)t;
-        }
-    }
+    if (cfg_timeout != NULL &&
+        conf_number(cfg_timeout, timeout_src, 1, P11PSK_TIMEOUT_MAX_MS, "milliseconds",
+                    &cf->timeout_ms, ret == 0 ? err : why, ret == 0 ? errcap : sizeof(why)) != 0)
+        ret = -1;
+    cf->spin_us = P11PSK_SPIN_DEFAULT_US;
+    if (cfg_spin != NULL &&
+        conf_number(cfg_spin, spin_src, 0, P11PSK_SPIN_MAX_US, "microseconds", &cf->spin_us,
+                    ret == 0 ? err : why, ret == 0 ? errcap : sizeof(why)) != 0)
+        ret = -1;
 
     /* Default: root, and the system user packages create for p11pskd when it exists. */
     if (cfg_users == NULL) {
@@ -289,7 +306,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     pc->libctx = OSSL_LIB_CTX_new_child(handle, in);
     pc->keymap = p11psk_keymap_new();
     if (pc->libctx == NULL || pc->keymap == NULL ||
-        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, &cf.users)) == NULL ||
+        (pc->pool = p11psk_pool_new(cf.path, cf.timeout_ms, cf.spin_us, &cf.users)) == NULL ||
         (pc->genpage = p11psk_genpage_new(cf.path, cf.timeout_ms, &cf.users)) == NULL) {
         P11PSK_RAISE(pc, P11PSK_R_INTERNAL,
                      "cannot create a child library context, keymap, pool or generation page");
@@ -308,8 +325,9 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     } else {
         pc->bcache = p11psk_bcache_new(bcache_ttl, pc->genpage);
     }
-    p11psk_debug("provider %s loaded: socket %s, timeout %d ms, daemon users %s", P11PSK_VERSION,
-                 cf.path, cf.timeout_ms, cf.users.n > 0 ? cf.users.names : "(none)");
+    p11psk_debug("provider %s loaded: socket %s, timeout %d ms, spin up to %d us, daemon users %s",
+                 P11PSK_VERSION, cf.path, cf.timeout_ms, cf.spin_us,
+                 cf.users.n > 0 ? cf.users.names : "(none)");
     *out = p11psk_dispatch;
     *provctx = pc;
     return 1;

@@ -19,6 +19,7 @@ typedef struct {
     int reopened;   /* the last call found this connection stale (daemon restart) and reconnected */
     int waited_ms;  /* a failed connect kept retrying this long (socket missing, backlog full) */
     uid_t peer_uid; /* who answered the last connect; the culprit of P11PSK_CALL_PEER */
+    int spin_us;    /* set per call: poll this long for the answer before sleeping (0: don't) */
     p11psk_daemon_users users;
     char path[108];
 } p11psk_conn;

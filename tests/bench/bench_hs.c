@@ -17,7 +17,14 @@
 #include "bench.h"
 #include "hs.h"
 
-enum { M_RAW, M_HANDLE, M_N };
+/*
+ * raw:    both sides in a library context with the default provider only (before p11psk);
+ * handle: the client in the configured context with a handle, the server raw as before;
+ * prov:   the client in the configured context with the raw key: what the provider's
+ *         delegation costs a side without any round trip (a diagnostic, not a target).
+ */
+enum { M_RAW, M_HANDLE, M_PROV, M_N };
+static const char *const mode_name[M_N] = {"raw", "handle", "prov"};
 
 #define THREADS_MAX 2
 #define HANDLE_SIDES 1       /* the client holds the handle, the server the raw key */
@@ -39,6 +46,8 @@ static const struct {
 typedef struct {
     int threads;
     double raw, handle;      /* handshakes/s, medians over rounds */
+    double prov;             /* raw key through the provider, handshakes/s, median */
+    double prov_us;          /* (1/prov - 1/raw) x threads, median over rounds */
     double rmin, rmed, rmax; /* per-round handle/raw */
     double rt_per_side;      /* p11pskd requests per handshake per handle side */
     double added_us;         /* per handshake side, median over rounds */
@@ -102,14 +111,15 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
 {
     size_t nr = (size_t)p->rounds, nping = 0;
     double *rate = calloc(nr * M_N, sizeof(double)), *ratio = calloc(nr, sizeof(double));
-    double *added = calloc(nr, sizeof(double));
+    double *added = calloc(nr, sizeof(double)), *provus = calloc(nr, sizeof(double));
     double *ping = calloc(nr * PINGS_PER_ROUND, sizeof(double));
-    double *rraw = rate, *rhandle = rate + nr, warm = p->seconds / 4 < 0.2 ? p->seconds / 4 : 0.2;
+    double *rraw = rate, *rhandle = rate + nr, *rprov = rate + 2 * nr,
+           warm = p->seconds / 4 < 0.2 ? p->seconds / 4 : 0.2;
     unsigned long long reqs = 0, handled = 0, d0 = 0, d1 = 0;
     unsigned long n, failed;
     char err[256] = "";
     size_t r;
-    int k, m, ok = rate && ratio && added && ping;
+    int k, m, ok = rate && ratio && added && provus && ping;
 
     /* Warm-up, not measured: p11pskd's key cache, the provider's connection, CPU clocks. */
     for (m = 0; ok && m < M_N; m++)
@@ -118,7 +128,7 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
         for (k = 0; ok && k < M_N; k++) {
             double secs;
 
-            m = (int)((r + (size_t)k) % M_N); /* even rounds raw first, odd rounds handle */
+            m = (int)((r + (size_t)k) % M_N); /* each round starts with the next mode */
             if (m == M_HANDLE && !bench_derivations(p->socket, &d0, err, sizeof(err))) {
                 ok = 0;
                 break;
@@ -129,7 +139,7 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
                     snprintf(err, sizeof(err), "no handshake finished in %.2f s", secs);
                 fprintf(stderr,
                         "p11psk-bench: %s, %d thread(s), %s: %lu of %lu handshakes failed: %s\n",
-                        suite, threads, m == M_RAW ? "raw" : "handle", failed, n + failed, err);
+                        suite, threads, mode_name[m], failed, n + failed, err);
                 err[0] = '\0'; /* said */
                 ok = 0;
                 break;
@@ -148,6 +158,7 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
             break;
         ratio[r] = rhandle[r] / rraw[r];
         added[r] = (1 / rhandle[r] - 1 / rraw[r]) * threads / HANDLE_SIDES * 1e6;
+        provus[r] = (1 / rprov[r] - 1 / rraw[r]) * threads / HANDLE_SIDES * 1e6;
         /* Every round, so the floor sees the same machine as that round's handshakes. */
         if (!bench_ping_us(p->socket, PINGS_PER_ROUND, ping + nping, err, sizeof(err)))
             ok = 0;
@@ -159,6 +170,8 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
         out->threads = threads;
         out->raw = bench_median(rraw, nr);
         out->handle = bench_median(rhandle, nr);
+        out->prov = bench_median(rprov, nr);
+        out->prov_us = bench_median(provus, nr);
         out->rmin = bench_min(ratio, nr);
         out->rmed = bench_median(ratio, nr);
         out->rmax = bench_max(ratio, nr);
@@ -169,6 +182,7 @@ static int measure(const bench_hs_params *p, const char *suite, p11psk_hs *hs[M_
     free(rate);
     free(ratio);
     free(added);
+    free(provus);
     free(ping);
     return ok;
 }
@@ -180,39 +194,42 @@ static double target_us(const row *w)
 
 static void print_head(const bench_hs_params *p)
 {
-    printf("handshakes: client and server in one process (BIO pair); raw = raw keys on both\n"
-           "sides, provider not loaded; handle = handle on the client, raw key on the server.\n"
-           "%d rounds x %.1f s per mode, order alternating by round; rates are medians.\n",
+    printf("handshakes: client and server in one process (BIO pair). The server always holds\n"
+           "the raw key in a library context without the provider (a raw-key peer). The client:\n"
+           "raw = raw key, provider not loaded; handle = a handle through the provider;\n"
+           "prov = the raw key through the provider (delegation alone, no round trip).\n"
+           "%d rounds x %.1f s per mode, the order rotating by round; rates are medians.\n",
            p->rounds, p->seconds);
     if (p->rounds < 7)
         printf("NOTE: fewer than 7 rounds: a smoke run, not figures to decide on.\n");
     printf("  ratio     handle/raw per round: min, median, max\n"
            "  rt/side   p11pskd requests per handshake and handle side (its STATUS counters)\n"
            "  added us  (1/handle - 1/raw) x threads / handle sides, median over rounds\n"
+           "  prov us   (1/prov - 1/raw) x threads: the provider's own cost, no p11pskd\n"
            "  rtt us    one PING round trip, single thread, median over the run\n"
            "  target    added us <= %.1f x rt/side x rtt us\n\n",
            TARGET_FACTOR);
-    printf("%-17s %7s %9s %11s %9s %9s %9s %7s %9s %7s %9s %6s\n", "suite", "threads", "raw hs/s",
-           "handle hs/s", "ratio min", "ratio med", "ratio max", "rt/side", "added us", "rtt us",
-           "target us", "check");
+    printf("%-17s %7s %9s %11s %9s %9s %9s %7s %9s %8s %7s %9s %6s\n", "suite", "threads",
+           "raw hs/s", "handle hs/s", "ratio min", "ratio med", "ratio max", "rt/side", "added us",
+           "prov us", "rtt us", "target us", "check");
 }
 
 static void print_row(const char *suite, const row *w)
 {
-    printf("%-17s %7d %9.0f %11.0f %9.3f %9.3f %9.3f %7.2f %9.1f %7.1f %9.1f %6s\n", suite,
+    printf("%-17s %7d %9.0f %11.0f %9.3f %9.3f %9.3f %7.2f %9.1f %8.1f %7.1f %9.1f %6s\n", suite,
            w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side, w->added_us,
-           w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "MISS");
+           w->prov_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "MISS");
     fflush(stdout);
 }
 
 static void print_bench_line(const bench_hs_params *p, const char *key, const row *w)
 {
     printf("BENCH suite=%s threads=%d raw=%.0f handle=%.0f ratio_min=%.3f ratio_med=%.3f "
-           "ratio_max=%.3f rt_per_side=%.2f added_us=%.1f rtt_us=%.1f target_us=%.1f "
-           "target=%s rounds=%d seconds=%.2f\n",
+           "ratio_max=%.3f rt_per_side=%.2f added_us=%.1f prov=%.0f prov_us=%.1f rtt_us=%.1f "
+           "target_us=%.1f target=%s rounds=%d seconds=%.2f\n",
            key, w->threads, w->raw, w->handle, w->rmin, w->rmed, w->rmax, w->rt_per_side,
-           w->added_us, w->rtt_us, target_us(w), w->added_us <= target_us(w) ? "ok" : "miss",
-           p->rounds, p->seconds);
+           w->added_us, w->prov, w->prov_us, w->rtt_us, target_us(w),
+           w->added_us <= target_us(w) ? "ok" : "miss", p->rounds, p->seconds);
 }
 
 int bench_handshakes(const bench_hs_params *p)
@@ -243,6 +260,8 @@ int bench_handshakes(const bench_hs_params *p)
             hc.tls13 = suites[s].tls13;
             hc.cipher = suites[s].cipher;
             hc.libctx = m == M_RAW ? plain : NULL;
+            hc.server_own_libctx = 1; /* the raw-key peer never sees the provider */
+            hc.server_libctx = plain;
             snprintf(hc.identity, sizeof(hc.identity), "bench-hs");
             hc.client_psk_len = m == M_HANDLE ? sizeof(handle) : sizeof(raw);
             memcpy(hc.client_psk, m == M_HANDLE ? handle : raw, hc.client_psk_len);
@@ -251,8 +270,7 @@ int bench_handshakes(const bench_hs_params *p)
             hs[m] = p11psk_hs_new(&hc, err, sizeof(err));
             OPENSSL_cleanse(&hc, sizeof(hc));
             if (hs[m] == NULL) {
-                fprintf(stderr, "p11psk-bench: %s %s: %s\n", suites[s].name,
-                        m == M_RAW ? "raw" : "handle", err);
+                fprintf(stderr, "p11psk-bench: %s %s: %s\n", suites[s].name, mode_name[m], err);
                 rc = 0;
             }
         }

@@ -138,8 +138,8 @@ static void hs_first_error(char *err, size_t errcap, const char *fallback)
 static SSL_CTX *hs_ctx(const p11psk_hs_config *cfg, int server, char *err, size_t errcap)
 {
     int v = cfg->tls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
-    SSL_CTX *ctx =
-        SSL_CTX_new_ex(cfg->libctx, NULL, server ? TLS_server_method() : TLS_client_method());
+    OSSL_LIB_CTX *libctx = server && cfg->server_own_libctx ? cfg->server_libctx : cfg->libctx;
+    SSL_CTX *ctx = SSL_CTX_new_ex(libctx, NULL, server ? TLS_server_method() : TLS_client_method());
     int ok;
 
     if (ctx == NULL) {

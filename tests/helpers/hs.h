@@ -24,6 +24,10 @@ typedef struct {
     /* OSSL_LIB_CTX for both roles; NULL: the default one, which loaded OPENSSL_CONF. A
      * benchmark's raw baseline uses a context with the default provider only. */
     struct ossl_lib_ctx_st *libctx;
+    /* With server_own_libctx set, the server uses server_libctx instead (NULL: the default
+     * one): a benchmark puts the raw-key peer outside the provider, as on another host. */
+    int server_own_libctx;
+    struct ossl_lib_ctx_st *server_libctx;
 } p11psk_hs_config;
 
 /* The two SSL_CTXs; safe to share between threads once made. */
