@@ -13,10 +13,13 @@
 #include <unistd.h>
 
 #include "p11psk/clock.h"
+#include "p11psk/cpuidle.h"
 
 /* connect() retry backoff while the daemon restarts or its backlog is full. */
 #define CONNECT_BACKOFF_FIRST_MS 1
 #define CONNECT_BACKOFF_MAX_MS 50
+/* While polling for an answer, the run queue is read again this often. */
+#define SPIN_RUNQ_MAX_AGE_US 20
 
 void p11psk_conn_init_users(p11psk_conn *c, const char *path, int timeout_ms,
                             const p11psk_daemon_users *users)
@@ -226,8 +229,10 @@ static int read_all(int fd, uint8_t *p, size_t n, long long deadline, long long 
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             int rc;
 
-            /* Polling for a few us is cheaper than waking up from a sleep (see cpuidle.h). */
-            if (spin_until > 0 && p11psk_mono_us() < spin_until)
+            /* Polling for a few us is cheaper than waking up from a sleep (see cpuidle.h),
+             * as long as no other thread needs this CPU: rechecked while polling. */
+            if (spin_until > 0 && p11psk_mono_us() < spin_until &&
+                p11psk_cpu_idle(SPIN_RUNQ_MAX_AGE_US))
                 continue;
             rc = wait_fd(fd, POLLIN, deadline);
 

@@ -163,7 +163,7 @@ static long long worker_deadlines(worker *w, long long now)
 
 #define EVENTS_MAX 64
 /* A polling worker rereads the run queue this often: it must stop soon once CPUs are busy. */
-#define RUNQ_MAX_AGE_US 50
+#define RUNQ_MAX_AGE_US 10
 
 /* This thread's involuntary context switches: it was runnable, and the CPU went to another. */
 static long involuntary_switches(void)

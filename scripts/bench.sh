@@ -12,7 +12,7 @@
 #   P11PSK_BENCH_ROUNDS=7        interleaved rounds per handshake mode (>= 7 to decide on)
 #   P11PSK_BENCH_SECONDS=2       handshake seconds per mode per round; also per service row
 #   P11PSK_BENCH_SCALE_KEYS=10000  key counts of the scaling part, e.g. 1000,10000
-#   P11PSK_BENCH_MAKE_KEYS=1     create those keys if the token lacks them (about 2 min per
+#   P11PSK_BENCH_MAKE_KEYS=1     create those keys if the token lacks them (about 10 s per
 #                                1,000 on SoftHSM2, once); without it such rows are skipped,
 #                                so that a default run stays within about 5 minutes
 #   P11PSK_BENCH_TOKEN_DIR       where the token lives between runs, so the keys are made

@@ -70,7 +70,7 @@ static void usage(FILE *f)
             "  -k, --scale-keys LIST key counts for the scaling part, comma separated\n"
             "                        (default 10000; rows whose keys are not in the token\n"
             "                        yet are skipped, see --make-keys)\n"
-            "  -m, --make-keys       create the missing scaling keys (about 2 min per 1,000\n"
+            "  -m, --make-keys       create the missing scaling keys (about 10 s per 1,000\n"
             "                        on SoftHSM2); they stay in the token for later runs\n"
             "  -T, --load-threads N  threads driving the service connections (default 2)\n"
             "  -h, --help            this help\n"
