@@ -194,6 +194,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
         return set_uint(&cfg->cache_size, key, v, 1, 1000000, err, errlen);
     if (strcmp(key, "revalidate-ms") == 0)
         return set_uint(&cfg->revalidate_ms, key, v, 0, 3600000, err, errlen);
+    if (strcmp(key, "revalidate-value-ms") == 0)
+        return set_uint(&cfg->revalidate_value_ms, key, v, 0, 86400000, err, errlen);
     if (strcmp(key, "threads") == 0)
         return set_uint(&cfg->threads, key, v, 0, 64, err, errlen);
     if (strcmp(key, "max-connections") == 0)
@@ -227,7 +229,8 @@ static int apply(p11psk_config *cfg, const char *key, const char *v, const char 
              "socket, socket-mode, "
              "socket-group, log-level, threads, max-connections, max-connections-per-peer, "
              "request-timeout-ms, accept-rate-per-uid, busy-poll-us, busy-poll-idle, cache, "
-             "cache-ttl, cache-size, revalidate-ms, metrics-top-keys, allow, allow-status, "
+             "cache-ttl, cache-size, revalidate-ms, revalidate-value-ms, metrics-top-keys, allow, "
+             "allow-status, "
              "allow-admin, allow-psk-ke, readable-keys, digests, rate-limit",
              key);
     return 0;
@@ -308,6 +311,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->cache_size = 16384;
     cfg->metrics_top_keys = 20;
     cfg->revalidate_ms = 1000;
+    cfg->revalidate_value_ms = 60000;
     if (!set_str(&cfg->path, path, err, errlen) ||
         !set_str(&cfg->module, P11PSK_DEFAULT_MODULE, err, errlen) ||
         !set_str(&cfg->socket, P11PSK_DEFAULT_SOCKET, err, errlen)) {

@@ -33,9 +33,10 @@ typedef struct p11psk_config {
     unsigned accept_rate_per_uid;  /* new connections per second per uid, 0 = unlimited */
     int cache;                     /* cache PSK-only values (early secret, ...) */
     unsigned cache_ttl_s;
-    unsigned cache_size;       /* entries */
-    unsigned metrics_top_keys; /* keys with usage counters in STATUS; 0: none */
-    unsigned revalidate_ms;    /* cached keys are re-checked in the token this often */
+    unsigned cache_size;          /* entries */
+    unsigned metrics_top_keys;    /* keys with usage counters in STATUS; 0: none */
+    unsigned revalidate_ms;       /* cached keys are re-checked in the token this often */
+    unsigned revalidate_value_ms; /* ... and their values (fingerprints) this often */
     p11psk_acl acl;
     p11psk_policy policy;
 } p11psk_config;

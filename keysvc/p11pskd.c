@@ -325,7 +325,7 @@ int main(int argc, char **argv)
             rc = P11PSKD_EXIT_NO_RESTART;
         goto fail;
     }
-    p11psk_token_set_revalidate(tok, cfg.revalidate_ms);
+    p11psk_token_set_revalidate(tok, cfg.revalidate_ms, cfg.revalidate_value_ms);
     {
         struct timespec t0, t1;
 

@@ -76,7 +76,8 @@ static void server_reload(server *s)
     cur->busy_poll_idle = nc.busy_poll_idle;
     cur->accept_rate_per_uid = nc.accept_rate_per_uid;
     cur->revalidate_ms = nc.revalidate_ms;
-    p11psk_token_set_revalidate(s->tok, nc.revalidate_ms);
+    cur->revalidate_value_ms = nc.revalidate_value_ms;
+    p11psk_token_set_revalidate(s->tok, nc.revalidate_ms, nc.revalidate_value_ms);
     p11psk_log_set_level(nc.log_level);
     pthread_rwlock_unlock(&s->cfglock);
     /* An allow rule may have gone: providers must ask again before using a binder key. */

@@ -90,7 +90,9 @@ CK_SESSION_HANDLE p11psk_token_session(const p11psk_token *tok);
 
 /* Daemon lookup by CKA_ID through a hash table; a miss searches the token. An entry last
  * validated more than revalidate-ms ago is first checked against the token (object still
- * there with this CKA_ID, value fingerprint unchanged); what it finds gone or changed goes
+ * there with this CKA_ID; every revalidate-value-ms also its value fingerprint unchanged:
+ * PKCS#11 does not let a secret key's CKA_VALUE change in place, only a handle reused by a
+ * new object could hide a new value); what it finds gone or changed goes
  * through p11psk_keys_changed. key->fp is the fingerprint the answer may be cached under.
  * Returns P11PSK_ST_OK, P11PSK_ST_NOT_FOUND, P11PSK_ST_UNSUPPORTED (key type) or
  * P11PSK_ST_TOKEN. */
@@ -119,8 +121,10 @@ void p11psk_token_expiry_counts(p11psk_token *tok, long long now, long long with
  * mirror for the CKA_ID; with d == NULL only removes it. */
 int p11psk_token_mirror_end_date(p11psk_token *tok, const p11psk_key *key, const CK_DATE *d,
                                  p11psk_err *err);
-/* How old a validation may be before a lookup repeats it (0: every lookup). Default 1000. */
-void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms);
+/* How old a validation may be before a lookup repeats it (0: every lookup, value included;
+ * default 1000), and how old the last check of the value (0: every validation; default
+ * 60000). */
+void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms, unsigned value_ms);
 
 typedef struct {
     unsigned long revalidate_ms;

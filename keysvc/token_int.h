@@ -61,7 +61,7 @@ struct p11psk_token {
     /* Re-validation of the table's entries (token_objects.c). vallock guards the entries'
      * validation state, taken inside cachelock (shared is enough). */
     pthread_mutex_t vallock;
-    unsigned revalidate_ms;
+    unsigned revalidate_ms, revalidate_value_ms;
     unsigned long revalidations, changes; /* under vallock */
 };
 
@@ -100,7 +100,7 @@ int token_search_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_k
  * generation (ids_gen) the validation started in; when entries were dropped since (a FLUSH
  * from `p11psk rm` in between), what it saw may be gone already, so it is not recorded. */
 void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k,
-                         unsigned long gen);
+                         unsigned long gen, int value_checked);
 
 /* ---- re-validation (token_validate.c) ---- */
 
@@ -110,9 +110,12 @@ void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, con
  * still served, never from the cache (fp_ok stays 0), and checked on every request. */
 int token_fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err);
 /* Confirms key (a copy of the table's entry, looked up in generation gen) against the
- * token; on success key is what to serve. A key gone (or now ambiguous) or with another
- * value goes to p11psk_keys_changed. */
-int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11psk_err *err);
+ * token: that its object still carries its CKA_ID, and with value also its fingerprint (an
+ * object found gone is searched again, and the one found always fingerprinted). On success
+ * key is what to serve. A key gone (or now ambiguous) or with another value goes to
+ * p11psk_keys_changed. */
+int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, int value,
+                     p11psk_err *err);
 
 int token_key_type_ok(CK_KEY_TYPE t);
 /* Reads the attributes p11psk needs into k. Over-long ids keep their length but no bytes.

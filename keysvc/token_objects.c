@@ -17,13 +17,15 @@
 #define ID_BUCKETS 16384    /* chains stay short up to ~10^4 keys */
 #define RESCAN_MIN_MS 10000 /* a lookup miss rescans the whole token at most this often */
 #define REVALIDATE_DEFAULT_MS 1000
+#define REVALIDATE_VALUE_DEFAULT_MS 60000
 
 struct id_ent {
     p11psk_hnode node;      /* keyed by key.id */
     p11psk_key key;         /* key.fp: the value last confirmed, kept across rescans */
     unsigned long scan;     /* the full scan that wrote it (0: a single lookup) */
     int clash;              /* that scan saw this CKA_ID twice: never answered from here */
-    long long validated_ms; /* when the token last confirmed key.fp (vallock) */
+    long long validated_ms; /* when the token last confirmed the object (vallock) */
+    long long value_ms;     /* when it last confirmed key.fp, the value (vallock) */
     int validating;         /* a thread is confirming it now (vallock) */
 };
 
@@ -44,6 +46,7 @@ int token_ids_init(p11psk_token *tok)
 {
     pthread_mutex_init(&tok->vallock, NULL);
     tok->revalidate_ms = REVALIDATE_DEFAULT_MS;
+    tok->revalidate_value_ms = REVALIDATE_VALUE_DEFAULT_MS;
     return p11psk_htable_init(&tok->ids, ID_BUCKETS);
 }
 
@@ -88,11 +91,12 @@ static struct id_ent *ids_add(p11psk_token *tok, const p11psk_key *k)
     return e;
 }
 
-enum { LOOK_MISS, LOOK_FRESH, LOOK_CHECK };
+enum { LOOK_MISS, LOOK_FRESH, LOOK_EXISTS, LOOK_CHECK };
 
 /* Copies the table's entry for id to key. LOOK_FRESH: validated less than revalidate-ms
- * ago, or another thread is validating it right now; LOOK_CHECK: the caller validates it
- * (it has claimed the entry, or the entry has no fingerprint yet). */
+ * ago, or another thread is validating it right now; LOOK_EXISTS: the caller checks that
+ * the object is still there; LOOK_CHECK: the caller also checks its value (the entry has
+ * no fingerprint yet, or its value was confirmed revalidate-value-ms ago or more). */
 static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk_key *key,
                       unsigned long *gen)
 {
@@ -104,11 +108,13 @@ static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk
     if ((e = ids_find(tok, id, idlen)) != NULL) {
         *key = e->key;
         pthread_mutex_lock(&tok->vallock);
+        long long now = p11psk_mono_ms();
+
         if (!e->key.fp_ok || tok->revalidate_ms == 0) {
             r = LOOK_CHECK;
-        } else if (!e->validating && p11psk_mono_ms() - e->validated_ms >= tok->revalidate_ms) {
+        } else if (!e->validating && now - e->validated_ms >= tok->revalidate_ms) {
             e->validating = 1; /* one validation per key and period, not one per request */
-            r = LOOK_CHECK;
+            r = now - e->value_ms >= tok->revalidate_value_ms ? LOOK_CHECK : LOOK_EXISTS;
         } else {
             r = LOOK_FRESH;
         }
@@ -119,7 +125,7 @@ static int ids_lookup(p11psk_token *tok, const uint8_t *id, size_t idlen, p11psk
 }
 
 void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, const p11psk_key *k,
-                         unsigned long gen)
+                         unsigned long gen, int value_checked)
 {
     struct id_ent *e;
 
@@ -132,6 +138,8 @@ void token_ids_validated(p11psk_token *tok, const uint8_t *id, size_t idlen, con
         if (k != NULL) {
             e->key = *k; /* same id bytes, so the node's key stays valid */
             e->validated_ms = p11psk_mono_ms();
+            if (value_checked)
+                e->value_ms = e->validated_ms;
         }
         e->validating = 0;
     }
@@ -383,7 +391,7 @@ int p11psk_token_prefetch(p11psk_token *tok, size_t *count, p11psk_err *err)
                 memcpy(k->fp, e->key.fp, sizeof(k->fp));
             }
             if (k->obj != e->key.obj)
-                e->validated_ms = 0;
+                e->validated_ms = e->value_ms = 0;
         }
         e->key = *k; /* same id bytes, so the node's key stays valid */
         e->scan = scan;
@@ -462,14 +470,14 @@ int p11psk_token_find_id(p11psk_token *tok, const uint8_t *id, size_t idlen, p11
         r = ids_lookup(tok, id, idlen, key, &gen);
     if (r == LOOK_FRESH)
         return P11PSK_ST_OK;
-    if (r == LOOK_CHECK)
-        return token_revalidate(tok, key, gen, err);
+    if (r == LOOK_EXISTS || r == LOOK_CHECK)
+        return token_revalidate(tok, key, gen, r == LOOK_CHECK, err);
     if ((st = token_search_id(tok, id, idlen, key, err)) != P11PSK_ST_OK)
         return st;
     if ((st = token_fingerprint(tok, key, err)) != P11PSK_ST_OK)
         return st;
     /* Another thread may have added it meanwhile: then this validation refreshes it. */
-    token_ids_validated(tok, id, idlen, key, gen);
+    token_ids_validated(tok, id, idlen, key, gen, 1);
     return P11PSK_ST_OK;
 }
 

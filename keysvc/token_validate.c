@@ -17,10 +17,11 @@
  * key, which other tools may show as a key check value. */
 static const uint8_t FP_PREFIX[] = "p11psk key fingerprint 1";
 
-void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms)
+void p11psk_token_set_revalidate(p11psk_token *tok, unsigned ms, unsigned value_ms)
 {
     pthread_mutex_lock(&tok->vallock);
     tok->revalidate_ms = ms;
+    tok->revalidate_value_ms = value_ms;
     pthread_mutex_unlock(&tok->vallock);
 }
 
@@ -97,15 +98,22 @@ int token_fingerprint(p11psk_token *tok, p11psk_key *key, p11psk_err *err)
     return st;
 }
 
-/* The token's current key for id with its fingerprint: the object we know if it still has
- * this CKA_ID, else a fresh search. */
-static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *cur, p11psk_err *err)
+/* The token's current key for id: the object we know if it still has this CKA_ID (with
+ * value, fingerprinted again), else a fresh search and its fingerprint. *checked: the
+ * fingerprint in cur was computed now. */
+static int current_key(p11psk_token *tok, const p11psk_key *known, int value, p11psk_key *cur,
+                       int *checked, p11psk_err *err)
 {
     struct check_arg a = {known, 0};
     int st;
 
     *cur = *known;
+    *checked = 1;
     st = token_with_session(tok, op_check, &a, err);
+    if (st == P11PSK_ST_OK && a.same && !value) {
+        *checked = 0; /* the object is there; its value cannot change in place (below) */
+        return st;
+    }
     if (st == P11PSK_ST_OK && a.same &&
         (st = token_fingerprint(tok, cur, err)) != P11PSK_ST_NOT_FOUND)
         return st;
@@ -116,17 +124,19 @@ static int current_key(p11psk_token *tok, const p11psk_key *known, p11psk_key *c
     return token_fingerprint(tok, cur, err);
 }
 
-int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11psk_err *err)
+int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, int value,
+                     p11psk_err *err)
 {
     uint8_t id[P11PSK_KEY_ID_MAX];
     size_t idlen = key->idlen;
     p11psk_key cur;
-    int st, known = key->fp_ok, changed;
+    int st, known = key->fp_ok, changed, checked;
 
     memcpy(id, key->id, idlen);
-    st = current_key(tok, key, &cur, err);
+    st = current_key(tok, key, value, &cur, &checked, err);
     if (st == P11PSK_ST_TOKEN || st == P11PSK_ST_UNAVAILABLE || st == P11PSK_ST_INTERNAL) {
-        token_ids_validated(tok, id, idlen, NULL, gen); /* the token could not say: ask next time */
+        /* the token could not say: ask next time */
+        token_ids_validated(tok, id, idlen, NULL, gen, 0);
         OPENSSL_cleanse(&cur, sizeof(cur));
         return st;
     }
@@ -147,7 +157,7 @@ int token_revalidate(p11psk_token *tok, p11psk_key *key, unsigned long gen, p11p
         gen++; /* our own forget: what we found is current */
     }
     if (st == P11PSK_ST_OK)
-        token_ids_validated(tok, id, idlen, &cur, gen);
+        token_ids_validated(tok, id, idlen, &cur, gen, checked);
     *key = cur;
     OPENSSL_cleanse(&cur, sizeof(cur));
     return st;

@@ -73,6 +73,8 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.request_timeout_ms, 10000);
     ck_assert_uint_eq(cfg.accept_rate_per_uid, 400);
     ck_assert_uint_eq(cfg.busy_poll_us, 0);
+    ck_assert_uint_eq(cfg.revalidate_ms, 1000);
+    ck_assert_uint_eq(cfg.revalidate_value_ms, 60000);
     ck_assert_int_eq(cfg.cache, 1);
     ck_assert_uint_eq(cfg.cache_ttl_s, 300);
     ck_assert_uint_eq(cfg.cache_size, 16384);
@@ -126,6 +128,7 @@ START_TEST(every_key)
             "max-connections-per-peer = 3\n"
             "request-timeout-ms = 250\n"
             "busy-poll-us = 300\n"
+            "revalidate-value-ms = 5000\n"
             "accept-rate-per-uid = 50\n"
             "cache = off\n"
             "cache-ttl = 60\n"
@@ -152,6 +155,7 @@ START_TEST(every_key)
     ck_assert_uint_eq(cfg.max_connections_peer, 3);
     ck_assert_uint_eq(cfg.request_timeout_ms, 250);
     ck_assert_uint_eq(cfg.busy_poll_us, 300);
+    ck_assert_uint_eq(cfg.revalidate_value_ms, 5000);
     ck_assert_uint_eq(cfg.accept_rate_per_uid, 50);
     ck_assert_int_eq(cfg.cache, 0);
     ck_assert_uint_eq(cfg.cache_ttl_s, 60);
@@ -167,7 +171,7 @@ START_TEST(every_key)
     {
         char where[80];
 
-        snprintf(where, sizeof(where), "%s:18", path);
+        snprintf(where, sizeof(where), "%s:19", path);
         ck_assert_str_eq(cfg.acl.rules[0].where, where);
     }
     ck_assert_int_eq(cfg.policy.allow_psk_ke, 1);
@@ -264,6 +268,7 @@ static const struct {
     {"max-connections-per-peer = 65537",
      "max-connections-per-peer must be a number from 1 to 65536"},
     {"busy-poll-us = 10001", "busy-poll-us must be a number from 0 to 10000"},
+    {"revalidate-value-ms = 86400001", "revalidate-value-ms must be a number from 0 to 86400000"},
     {"request-timeout-ms = 99", "request-timeout-ms must be a number from 100 to 600000"},
     {"accept-rate-per-uid = -1", "accept-rate-per-uid must be a number from 0 to 1000000"},
     {"request-timeout-ms = 600001", "request-timeout-ms must be a number from 100 to 600000"},
@@ -321,6 +326,7 @@ START_TEST(unknown_key)
         "request-timeout-ms",
         "accept-rate-per-uid",
         "busy-poll-us",
+        "revalidate-value-ms",
         "cache",
         "cache-ttl",
         "cache-size",
