@@ -306,6 +306,7 @@ int p11psk_config_load(const char *path, p11psk_config *cfg, char *err, size_t e
     cfg->request_timeout_ms = 10000;
     cfg->accept_rate_per_uid = 400;
     cfg->cache = 1;
+    cfg->busy_poll_us = 1000;
     cfg->busy_poll_idle = 1;
     cfg->cache_ttl_s = 300;
     cfg->cache_size = 16384;

@@ -72,7 +72,7 @@ START_TEST(defaults)
     ck_assert_uint_eq(cfg.max_connections_peer, 256);
     ck_assert_uint_eq(cfg.request_timeout_ms, 10000);
     ck_assert_uint_eq(cfg.accept_rate_per_uid, 400);
-    ck_assert_uint_eq(cfg.busy_poll_us, 0);
+    ck_assert_uint_eq(cfg.busy_poll_us, 1000);
     ck_assert_uint_eq(cfg.revalidate_ms, 1000);
     ck_assert_uint_eq(cfg.revalidate_value_ms, 60000);
     ck_assert_int_eq(cfg.cache, 1);
