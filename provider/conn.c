@@ -6,14 +6,14 @@
  *
  * A call takes an idle connection of its pool (or opens a new one), runs its request without
  * holding any lock and gives the connection back, so threads never share a connection and
- * never wait for each other's round trips.
+ * never wait for each other's round trips. A pool's lock only guards its lists and is never
+ * held across I/O, which also keeps the fork handlers short. The fork handlers reach every
+ * live pool through a registry.
  *
  * While it waits for the answer a thread polls instead of sleeping, for at most twice the
  * round trip this pool has been seeing (bounded by p11psk-spin-us), and only while a CPU is
  * idle: on VMs waking a sleeping thread can cost several round trips, and a polling thread
- * must never keep another runnable thread off a CPU. A pool's lock only guards its lists and is
- * never held across I/O, which also keeps the fork handlers short. The fork handlers reach every
- * live pool through a registry.
+ * must never keep another runnable thread off a CPU.
  */
 #include "prov.h"
 
