@@ -192,11 +192,8 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
     for (i = 0; i < acl->n; i++) {
         const p11psk_acl_rule *r = &acl->rules[i];
 
-        if (r->kind != P11PSK_ACL_KEY)
-            continue;
-        if (!rule_applies(r, peer))
-            continue;
-        if (fnmatch(r->glob, ident, 0) == 0)
+        if (r->kind == P11PSK_ACL_KEY && rule_applies(r, peer) &&
+            (ident == NULL || fnmatch(r->glob, ident, 0) == 0))
             return r;
     }
     return NULL;
@@ -204,18 +201,7 @@ const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident
 
 int p11psk_acl_peer_has_any_rule(const p11psk_acl *acl, const p11psk_acl_peer *peer)
 {
-    size_t i;
-
-    for (i = 0; i < acl->n; i++) {
-        const p11psk_acl_rule *r = &acl->rules[i];
-
-        if (r->kind != P11PSK_ACL_KEY)
-            continue;
-        if (!rule_applies(r, peer))
-            continue;
-        return 1;
-    }
-    return 0;
+    return p11psk_acl_check(acl, NULL, peer) != NULL;
 }
 
 int p11psk_acl_check_perm(const p11psk_acl *acl, int kind, const p11psk_acl_peer *peer)

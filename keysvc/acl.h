@@ -49,7 +49,8 @@ typedef struct {
     size_t ngroups;
 } p11psk_acl_peer;
 
-/* Returns the first matching rule, or NULL when the peer may not use the key. */
+/* Returns the first matching rule, or NULL when the peer may not use the key (ident NULL:
+ * the first key rule that applies to the peer, whatever its glob). */
 const p11psk_acl_rule *p11psk_acl_check(const p11psk_acl *acl, const char *ident,
                                         const p11psk_acl_peer *peer);
 /* 1 if some key rule could match the peer: one without conditions, or whose uid= names it or

@@ -200,6 +200,17 @@ static int conf_number(const char *v, const char *src, long lo, long hi, const c
     return 0;
 }
 
+/* The environment variable name, when set and not empty, replaces *val; *src then names it. */
+static void env_override(const char *name, const char **val, const char **src)
+{
+    const char *env = secure_getenv(name);
+
+    if (env != NULL && env[0] != '\0') {
+        *val = env;
+        *src = name;
+    }
+}
+
 /*
  * Socket path, timeout, spin limit and daemon users: openssl.cnf provider section, then the
  * environment (P11PSK_SOCKET, P11PSK_TIMEOUT_MS, P11PSK_SPIN_US, P11PSK_DAEMON_USER). secure_getenv
@@ -211,7 +222,7 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
                        char *err, size_t errcap)
 {
     OSSL_FUNC_core_get_params_fn *c_get_params = NULL;
-    const char *cfg_path = NULL, *cfg_timeout = NULL, *cfg_spin = NULL, *cfg_users = NULL, *env;
+    const char *cfg_path = NULL, *cfg_timeout = NULL, *cfg_spin = NULL, *cfg_users = NULL;
     const char *path_src = P11PSK_CONF_SOCKET, *timeout_src = P11PSK_CONF_TIMEOUT;
     const char *spin_src = P11PSK_CONF_SPIN, *users_src = P11PSK_CONF_DAEMON_USER;
     char why[160];
@@ -230,22 +241,10 @@ static int read_config(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         if (!c_get_params(handle, params))
             cfg_path = cfg_timeout = cfg_users = cfg_spin = NULL;
     }
-    if ((env = secure_getenv("P11PSK_SOCKET")) != NULL && env[0] != '\0') {
-        cfg_path = env;
-        path_src = "P11PSK_SOCKET";
-    }
-    if ((env = secure_getenv("P11PSK_TIMEOUT_MS")) != NULL && env[0] != '\0') {
-        cfg_timeout = env;
-        timeout_src = "P11PSK_TIMEOUT_MS";
-    }
-    if ((env = secure_getenv("P11PSK_SPIN_US")) != NULL && env[0] != '\0') {
-        cfg_spin = env;
-        spin_src = "P11PSK_SPIN_US";
-    }
-    if ((env = secure_getenv("P11PSK_DAEMON_USER")) != NULL && env[0] != '\0') {
-        cfg_users = env;
-        users_src = "P11PSK_DAEMON_USER";
-    }
+    env_override("P11PSK_SOCKET", &cfg_path, &path_src);
+    env_override("P11PSK_TIMEOUT_MS", &cfg_timeout, &timeout_src);
+    env_override("P11PSK_SPIN_US", &cfg_spin, &spin_src);
+    env_override("P11PSK_DAEMON_USER", &cfg_users, &users_src);
 
     if (cfg_path == NULL || cfg_path[0] == '\0')
         cfg_path = P11PSK_DEFAULT_SOCKET;

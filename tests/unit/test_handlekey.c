@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "handlekey.h"
 #include "p11psk/handle.h"
 #include "token.h"
+#include "unit.h"
 
 #define TOKEN_LABEL "p11psk-hk-unit"
 #define TOKEN2_LABEL "p11psk-hk-unit2"
@@ -185,22 +185,10 @@ static p11psk_token *open_token(const char *uri)
 
 static int setup_tokens(void)
 {
-    char path[256], cmd[512];
-    FILE *f;
+    char cmd[512];
 
-    if (mkdtemp(tmpdir) == NULL)
+    if (!p11psk_unit_softhsm_dir(tmpdir, &have_tmpdir))
         return 0;
-    have_tmpdir = 1;
-    snprintf(path, sizeof(path), "%s/tokens", tmpdir);
-    if (mkdir(path, 0700) != 0)
-        return 0;
-    snprintf(path, sizeof(path), "%s/softhsm2.conf", tmpdir);
-    if ((f = fopen(path, "w")) == NULL)
-        return 0;
-    fprintf(f, "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tmpdir);
-    fclose(f);
-    setenv("SOFTHSM2_CONF", path, 1);
     snprintf(
         cmd, sizeof(cmd),
         "softhsm2-util --init-token --free --label " TOKEN_LABEL " --pin " USER_PIN
@@ -215,15 +203,9 @@ static int setup_tokens(void)
 
 static void teardown_tokens(void)
 {
-    char cmd[300];
-
     p11psk_token_close(tok);
     p11psk_token_close(tok2);
-    if (have_tmpdir) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
+    p11psk_unit_softhsm_remove(tmpdir, have_tmpdir);
 }
 
 int main(void)

@@ -12,13 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "ladder.h"
 #include "p11psk/buf.h"
 #include "p11psk/wire.h"
 #include "token.h"
+#include "unit.h"
 
 #define TOKEN_LABEL "ladder"
 #define USER_PIN "1234"
@@ -330,24 +329,12 @@ END_TEST
 
 static int setup_token(void)
 {
-    char path[256], cmd[512];
+    char cmd[512];
     p11psk_token_params prm;
     p11psk_err err;
-    FILE *f;
 
-    if (mkdtemp(tmpdir) == NULL)
+    if (!p11psk_unit_softhsm_dir(tmpdir, &have_tmpdir))
         return 0;
-    have_tmpdir = 1;
-    snprintf(path, sizeof(path), "%s/tokens", tmpdir);
-    if (mkdir(path, 0700) != 0)
-        return 0;
-    snprintf(path, sizeof(path), "%s/softhsm2.conf", tmpdir);
-    if ((f = fopen(path, "w")) == NULL)
-        return 0;
-    fprintf(f, "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tmpdir);
-    fclose(f);
-    setenv("SOFTHSM2_CONF", path, 1);
     snprintf(cmd, sizeof(cmd),
              "softhsm2-util --init-token --free --label " TOKEN_LABEL " --pin " USER_PIN
              " --so-pin 12345678 >/dev/null");
@@ -368,15 +355,9 @@ static int setup_token(void)
 
 static void teardown_token(void)
 {
-    char cmd[300];
-
     p11psk_ladder_free(lad);
     p11psk_token_close(tok);
-    if (have_tmpdir) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
+    p11psk_unit_softhsm_remove(tmpdir, have_tmpdir);
 }
 
 int main(void)
